@@ -1,0 +1,152 @@
+"""The ``leukemia`` command: build and inspect the image store, train, evaluate, predict.
+
+    leukemia demo-data OUT_DIR
+    leukemia ingest DATA_DIR --store STORE [--size 224] [--workers N] [--no-crop] [--skip-bad]
+    leukemia describe STORE [--json]
+    leukemia train --store STORE --out DIR [--set key=value ...]
+    leukemia evaluate MODEL --store STORE [--split validation]
+    leukemia predict MODEL IMAGE_OR_DIR...
+
+Run ``leukemia <command> --help`` for the options of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+log = logging.getLogger("leukemia")
+
+
+def _demo_data(args: argparse.Namespace) -> int:
+    from leukemia.demo import write_demo_data
+
+    root = write_demo_data(args.out_dir, seed=args.seed, overwrite=args.overwrite)
+    print(f"wrote synthetic demo data (not real cells) to {root}")
+    return 0
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from leukemia.store import describe, ingest
+
+    manifest = ingest(args.data_dir, args.store, size=args.size, workers=args.workers,
+                      crop=not args.no_crop, skip_bad=args.skip_bad, overwrite=args.overwrite,
+                      progress=not args.quiet)
+    print(describe(manifest))
+    rate = manifest["n_images"] / max(manifest["ingest_seconds"], 1e-9)
+    print(f"ingested in {manifest['ingest_seconds']:.1f} s ({rate:,.0f} images/s) -> {args.store}")
+    return 0
+
+
+def _describe(args: argparse.Namespace) -> int:
+    from leukemia.store import Store, describe
+
+    manifest = Store(args.store).manifest
+    print(json.dumps(manifest, indent=2) if args.json else describe(manifest))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from leukemia.config import TrainConfig
+    from leukemia.train import train_and_save
+
+    config = TrainConfig().override(args.set or [])
+    result = train_and_save(config, args.store, args.out)
+    print(json.dumps(result.metrics, indent=2))
+    print(f"status: {result.status}; wrote {args.out}/model.keras, config.json, history.csv, "
+          "metrics.json")
+    return 0 if result.status == "ok" else 1
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from leukemia.evaluate import evaluate_model
+
+    metrics = evaluate_model(args.model, args.store, split=args.split, folds=args.folds,
+                             out=args.out)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from leukemia.evaluate import predict_files
+
+    for path, prob in predict_files(args.model, args.inputs, threshold=args.threshold):
+        cls = "ALL" if prob >= args.threshold else "normal"
+        print(f"{path}\t{prob:.4f}\t{cls}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``leukemia`` command."""
+    p = argparse.ArgumentParser(prog="leukemia", description=__doc__.split("\n")[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("demo-data", help="write a small synthetic dataset in the C-NMC layout")
+    s.add_argument("out_dir")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=_demo_data)
+
+    s = sub.add_parser("ingest", help="build the Parquet image store from a C-NMC folder")
+    s.add_argument("data_dir", help="C-NMC_Leukemia folder or its parent")
+    s.add_argument("--store", required=True, help="destination folder or URI (s3://, gs://)")
+    s.add_argument("--size", type=int, default=224, help="stored image side in px (224)")
+    s.add_argument("--workers", type=int, default=None, help="decoding processes (all cores)")
+    s.add_argument("--no-crop", action="store_true",
+                   help="keep the whole 450x450 frame instead of cropping to the cell")
+    s.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable images (listed in the manifest) instead of failing")
+    s.add_argument("--no-overwrite", dest="overwrite", action="store_false",
+                   help="fail if the store exists (default: replace it atomically)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+    s.set_defaults(func=_ingest)
+
+    s = sub.add_parser("describe", help="print a store's counts")
+    s.add_argument("store")
+    s.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
+    s.set_defaults(func=_describe)
+
+    s = sub.add_parser("train", help="train one configuration on the store's training folds")
+    s.add_argument("--store", required=True)
+    s.add_argument("--out", required=True, help="folder for model.keras, config.json, ...")
+    s.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="TrainConfig overrides")
+    s.set_defaults(func=_train)
+
+    s = sub.add_parser("evaluate", help="score a saved model on a store selection")
+    s.add_argument("model", help="a .keras file")
+    s.add_argument("--store", required=True)
+    s.add_argument("--split", default="validation", choices=["validation", "training"])
+    s.add_argument("--folds", type=int, nargs="*", default=None, help="training folds")
+    s.add_argument("--out", default=None, help="metrics.json path (default: beside the model)")
+    s.set_defaults(func=_evaluate)
+
+    s = sub.add_parser("predict", help="probability of ALL for image files")
+    s.add_argument("model", help="a .keras file")
+    s.add_argument("inputs", nargs="+", help="image files or folders")
+    s.add_argument("--threshold", type=float, default=0.5)
+    s.set_defaults(func=_predict)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``leukemia`` console command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from leukemia.dataset import DatasetError
+    from leukemia.store import StoreError
+
+    try:
+        return int(args.func(args))
+    except (DatasetError, StoreError, FileExistsError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

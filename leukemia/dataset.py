@@ -1,0 +1,244 @@
+"""Read the C-NMC 2019 folder layout into labelled records.
+
+The Kaggle / TCIA layout::
+
+    C-NMC_Leukemia/
+      training_data/fold_{0,1,2}/{all,hem}/UID_<patient>_<image>_<cell>_<all|hem>.bmp
+      validation_data/C-NMC_test_prelim_phase_data/<N>.bmp
+      validation_data/C-NMC_test_prelim_phase_data_labels.csv   (Patient_ID,new_names,labels)
+      testing_data/...                                          (unlabelled: ignored)
+
+``scan(root)`` accepts ``C-NMC_Leukemia/`` or its parent and returns a :class:`Scan`: one
+:class:`Record` per image plus what was noticed on the way (validation rows whose image is not on
+disk, ignored folders). Every problem with the layout raises :class:`DatasetError` naming the file
+or folder and how to fix it. Pixels are not read here; that is ingest's job (``store.py``).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+ROOT_NAME = "C-NMC_Leukemia"
+TRAINING = "training"
+VALIDATION = "validation"
+LABELS = {"all": 1, "hem": 0}  # 1 = ALL blast (positive class), 0 = normal (hem)
+VALIDATION_DIR = "validation_data"
+VALIDATION_IMAGES = "C-NMC_test_prelim_phase_data"
+VALIDATION_CSV = "C-NMC_test_prelim_phase_data_labels.csv"
+CSV_COLUMNS = ("Patient_ID", "new_names", "labels")
+IMAGE_SUFFIXES = {".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff"}
+
+_NAME = re.compile(r"^UID_(?P<patient>[^_]+)_(?P<image>\d+)_(?P<cell>\d+)_(?P<cls>all|hem)$", re.I)
+_FOLD = re.compile(r"^fold_(\d+)$")
+
+
+class DatasetError(ValueError):
+    """The folder is not a readable C-NMC dataset; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One labelled image of the dataset."""
+
+    image_id: str  # path relative to the C-NMC root, without suffix: unique and traceable
+    split: str  # "training" | "validation"
+    fold: int | None  # 0-2 for training, None for validation
+    patient_id: str  # "11" (ALL) or "H10"/"h3" (normal), from the UID_ name
+    label: int  # 1 = ALL blast, 0 = normal
+    source_path: str  # absolute path of the image file
+    original_name: str  # the UID_... file name (validation files are renamed <N>.bmp on disk)
+
+
+@dataclass
+class Scan:
+    """The result of :func:`scan`: records plus what was noticed."""
+
+    root: Path
+    records: list[Record]
+    missing_validation: list[str] = field(default_factory=list)  # CSV rows with no file
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_name(name: str) -> tuple[str, int]:
+    """Return ``(patient_id, label)`` from a ``UID_<patient>_<image>_<cell>_<all|hem>`` name.
+
+    Raises:
+        ValueError: if the name does not follow the C-NMC pattern.
+    """
+    m = _NAME.match(Path(name).stem if Path(name).suffix.lower() in IMAGE_SUFFIXES else name)
+    if not m:
+        raise ValueError(
+            f"{name!r} is not a C-NMC cell name; expected UID_<patient>_<image>_<cell>_<all|hem>.bmp"
+        )
+    return m["patient"], LABELS[m["cls"].lower()]
+
+
+def find_root(path: str | Path) -> Path:
+    """Return the ``C-NMC_Leukemia`` folder given it or its parent."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise DatasetError(f"{path}: no such folder; point at a C-NMC_Leukemia folder or its parent")
+    for cand in (path, path / ROOT_NAME):
+        if (cand / "training_data").is_dir() or (cand / VALIDATION_DIR).is_dir():
+            return cand
+    raise DatasetError(
+        f"{path} is not the C-NMC layout: expected {ROOT_NAME}/training_data/fold_<k>/{{all,hem}}/ "
+        f"and {ROOT_NAME}/{VALIDATION_DIR}/ in it or in {path / ROOT_NAME}; "
+        "download andrewmvd/leukemia-classification and unpack it, or run `leukemia demo-data DIR`"
+    )
+
+
+def _images_in(folder: Path) -> list[Path]:
+    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    other = [p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+    if other:
+        log.info("%s: ignoring %d non-image file(s), e.g. %s", folder, len(other), other[0])
+    return sorted(p for p in files if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _scan_training(root: Path) -> list[Record]:
+    tdir = root / "training_data"
+    if not tdir.is_dir():
+        raise DatasetError(f"{root}: no training_data/ folder; the C-NMC layout has "
+                           "training_data/fold_{0,1,2}/{all,hem}/")
+    folds = sorted((int(m[1]), p) for p in tdir.iterdir() if p.is_dir() and (m := _FOLD.match(p.name)))
+    if not folds:
+        raise DatasetError(f"{tdir}: no fold_<k>/ folders in it; expected fold_0, fold_1, fold_2")
+    records, bad_names = [], []
+    for fold, fdir in folds:
+        for cls, label in LABELS.items():
+            cdir = fdir / cls
+            if not cdir.is_dir():
+                raise DatasetError(f"{cdir}: class folder missing; every fold needs all/ and hem/")
+            files = _images_in(cdir)
+            if not files:
+                raise DatasetError(f"{cdir}: class folder is empty; put the {cls} images back or "
+                                   "remove the whole fold")
+            for p in files:
+                try:
+                    patient, name_label = parse_name(p.name)
+                except ValueError:
+                    bad_names.append(f"{p} (not UID_<patient>_<image>_<cell>_<all|hem>)")
+                    continue
+                if name_label != label:
+                    bad_names.append(f"{p} (named {'all' if name_label else 'hem'} but in {cls}/)")
+                    continue
+                records.append(Record(
+                    image_id=p.relative_to(root).with_suffix("").as_posix(), split=TRAINING,
+                    fold=fold, patient_id=patient, label=label, source_path=str(p.resolve()),
+                    original_name=p.name))
+    if bad_names:
+        raise DatasetError(f"{len(bad_names)} training file name(s) do not carry a valid patient "
+                           "and class; rename or remove them:\n  " + "\n  ".join(bad_names))
+    return records
+
+
+def read_labels_csv(path: Path) -> list[tuple[str, str, int]]:
+    """Read the validation labels CSV into ``(original_name, new_name, label)`` rows."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            cols = [c.strip() for c in (reader.fieldnames or [])]
+            missing = [c for c in CSV_COLUMNS if c not in cols]
+            if missing:
+                raise DatasetError(f"{path}: missing column(s) {missing}; found {cols}, "
+                                   f"expected {list(CSV_COLUMNS)}")
+            rows, bad = [], []
+            for i, row in enumerate(reader, start=2):  # line 1 is the header
+                row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+                if row["labels"] not in ("0", "1"):
+                    bad.append(f"line {i}: labels={row['labels']!r}")
+                    continue
+                try:
+                    parse_name(row["Patient_ID"])
+                except ValueError:
+                    bad.append(f"line {i}: Patient_ID={row['Patient_ID']!r} is not a UID_ name")
+                    continue
+                rows.append((row["Patient_ID"], row["new_names"], int(row["labels"])))
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not a text CSV ({e})") from e
+    if bad:
+        raise DatasetError(f"{path}: {len(bad)} bad row(s); labels must be 0 or 1 and Patient_ID "
+                           "the original UID_ file name:\n  " + "\n  ".join(bad[:20]))
+    return rows
+
+
+def _scan_validation(root: Path) -> tuple[list[Record], list[str]]:
+    vdir = root / VALIDATION_DIR
+    if not vdir.is_dir():
+        return [], []
+    csv_path, img_dir = vdir / VALIDATION_CSV, vdir / VALIDATION_IMAGES
+    if not csv_path.is_file():
+        raise DatasetError(f"{csv_path}: labels CSV missing; validation images cannot be labelled "
+                           f"without it (columns {','.join(CSV_COLUMNS)})")
+    records, missing = [], []
+    for original, new_name, label in read_labels_csv(csv_path):
+        patient, name_label = parse_name(original)
+        if name_label != label:
+            raise DatasetError(f"{csv_path}: {original} is labelled {label} but its name says "
+                               f"{'all' if name_label else 'hem'}; fix the row")
+        p = img_dir / new_name
+        if not p.is_file():
+            missing.append(new_name)
+            continue
+        records.append(Record(
+            image_id=p.relative_to(root).with_suffix("").as_posix(), split=VALIDATION, fold=None,
+            patient_id=patient, label=label, source_path=str(p.resolve()), original_name=original))
+    return records, missing
+
+
+def check_patient_folds(records: list[Record]) -> None:
+    """Raise if one patient's cells sit in two training folds (it would leak across splits)."""
+    folds: dict[str, set[int]] = defaultdict(set)
+    examples: dict[tuple[str, int], str] = {}
+    for r in records:
+        if r.split == TRAINING and r.fold is not None:
+            folds[r.patient_id].add(r.fold)
+            examples.setdefault((r.patient_id, r.fold), r.source_path)
+    leaks = {p: sorted(f) for p, f in folds.items() if len(f) > 1}
+    if leaks:
+        lines = [f"patient {p}: folds {f}, e.g. " + ", ".join(examples[(p, k)] for k in f)
+                 for p, f in sorted(leaks.items())]
+        raise DatasetError("patients appear in more than one training fold, which would leak "
+                           "their cells across the split; move each patient's images into one "
+                           "fold:\n  " + "\n  ".join(lines))
+
+
+def scan(path: str | Path) -> Scan:
+    """Scan a C-NMC dataset folder into records.
+
+    Args:
+        path: the ``C-NMC_Leukemia`` folder or its parent.
+
+    Returns:
+        A :class:`Scan` with training then validation records, in a stable order.
+
+    Raises:
+        DatasetError: the layout, a file name or the labels CSV is wrong (message names the file).
+    """
+    root = find_root(path)
+    records = _scan_training(root)
+    check_patient_folds(records)
+    val, missing = _scan_validation(root)
+    notes = []
+    if missing:
+        notes.append(f"{len(missing)} of {len(missing) + len(val)} validation images listed in "
+                     f"{VALIDATION_CSV} are not on disk (skipped)")
+    if (root / "testing_data").is_dir():
+        notes.append("testing_data/ has no public labels and is ignored")
+    train_patients = {r.patient_id for r in records}
+    both = sorted({r.patient_id for r in val} & train_patients)
+    if both:
+        notes.append(f"patients in both training and validation (their cells leak into the final "
+                     f"score): {both}")
+        log.warning(notes[-1])
+    for n in notes:
+        log.info("%s: %s", root, n)
+    return Scan(root=root, records=records + val, missing_validation=missing, notes=notes)

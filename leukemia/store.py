@@ -1,0 +1,437 @@
+"""The Parquet image store: built once from a C-NMC folder, read by every trial.
+
+A store is a folder (local, NFS/EFS, or any URI ``pyarrow.fs`` understands: ``s3://``,
+``gs://``) holding ``images.parquet`` and ``manifest.json``. Each row is one image: metadata
+columns plus ``image``, the decoded RGB pixels (uint8, ``size x size x 3``) as one
+``fixed_size_binary`` value, zstd-compressed. Reading a selection back is a Parquet decode plus
+``np.frombuffer`` on the column buffer: no per-image decoding.
+
+Ingest (``leukemia ingest DATA --store STORE``) decodes the BMPs on all cores, crops each cell to
+its bounding square (the cells sit in the middle of a black 450x450 frame), resizes it, and writes
+the store under a temporary name that is renamed into place only when complete, so the store is
+whole or absent and an earlier store survives a failed ingest. ``manifest.json`` is written last:
+a folder without it is not a store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from leukemia import dataset
+from leukemia.dataset import DatasetError, Record
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DATA_FILE = "images.parquet"
+MANIFEST = "manifest.json"
+ROW_GROUP = 128  # rows per Parquet row group: small enough to skip unselected folds cheaply
+_META = ("image_id", "split", "fold", "patient_id", "label", "original_name")
+
+
+class StoreError(ValueError):
+    """The store is missing, incomplete or does not hold what was asked for."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Pixels
+
+
+def crop_to_cell(img: np.ndarray, threshold: int = 10, margin: float = 0.05) -> np.ndarray:
+    """Crop an image to the square around its non-black pixels (the segmented cell).
+
+    The square is centred on the cell's bounding box, its side the box's longer side plus
+    ``margin`` of it on each end; parts outside the frame are padded with black. An all-black
+    image is returned unchanged.
+    """
+    mask = img.max(axis=2) > threshold
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return img
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    side = int(round(max(y1 - y0, x1 - x0) * (1 + 2 * margin)))
+    cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
+    top, left = cy - side // 2, cx - side // 2
+    out = np.zeros((side, side, 3), dtype=img.dtype)
+    sy0, sx0 = max(top, 0), max(left, 0)
+    sy1, sx1 = min(top + side, img.shape[0]), min(left + side, img.shape[1])
+    out[sy0 - top:sy1 - top, sx0 - left:sx1 - left] = img[sy0:sy1, sx0:sx1]
+    return out
+
+
+def decode_image(path: str, size: int, crop: bool = True) -> tuple[np.ndarray, int, int]:
+    """Read one image file as RGB uint8, crop to the cell, resize to ``size``.
+
+    Returns:
+        ``(pixels, source_height, source_width)``.
+
+    Raises:
+        ValueError: the file is unreadable, truncated or not an image.
+    """
+    import cv2  # heavy import kept out of module import time
+
+    data = np.fromfile(path, dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if img is None:
+        raise ValueError("not a readable image (truncated, corrupt or not an image file)")
+    h, w = img.shape[:2]
+    img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)  # OpenCV decodes BGR; the store holds RGB
+    if crop:
+        img = crop_to_cell(img)
+    if img.shape[0] != size or img.shape[1] != size:
+        interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
+        img = cv2.resize(img, (size, size), interpolation=interp)
+    return np.ascontiguousarray(img), h, w
+
+
+def _decode_task(args: tuple[str, int, bool]) -> tuple[str | None, bytes, int, int, str]:
+    path, size, crop = args
+    try:
+        raw = Path(path).read_bytes()
+        sha = hashlib.sha256(raw).hexdigest()
+        pixels, h, w = decode_image(path, size, crop)
+        return None, pixels.tobytes(), h, w, sha
+    except (OSError, ValueError) as e:
+        return f"{path}: {e}", b"", 0, 0, ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Filesystems
+
+
+def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
+    """Return ``(filesystem, path)`` for a local path or any URI pyarrow.fs understands."""
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+
+
+def _exists(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def _write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    with fs.open_output_stream(path) as fh:
+        fh.write(data)
+
+
+def _read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
+    with fs.open_input_stream(path) as fh:
+        return bytes(fh.read())
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress
+
+
+class Progress:
+    """A one-line progress meter on stderr (quiet when ``enabled`` is false)."""
+
+    def __init__(self, total: int, label: str, enabled: bool = True) -> None:
+        self.total, self.label, self.enabled = total, label, enabled
+        self.start = self._last = time.monotonic()
+
+    def update(self, done: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or (now - self._last < 0.5 and done < self.total):
+            return
+        self._last = now
+        rate = done / max(now - self.start, 1e-9)
+        end = "\n" if done >= self.total else ""
+        sys.stderr.write(f"\r{self.label}: {done}/{self.total} ({rate:,.0f}/s){end}")
+        sys.stderr.flush()
+
+
+# ---------------------------------------------------------------------------------------------
+# Ingest
+
+
+def _schema(size: int) -> pa.Schema:
+    return pa.schema([
+        ("image_id", pa.string()), ("split", pa.string()), ("fold", pa.int8()),
+        ("patient_id", pa.string()), ("label", pa.int8()), ("original_name", pa.string()),
+        ("height", pa.int16()), ("width", pa.int16()),
+        ("source_height", pa.int16()), ("source_width", pa.int16()),
+        ("source_sha256", pa.string()), ("image", pa.binary(size * size * 3)),
+    ])
+
+
+def _duplicates(records: Sequence[Record], shas: Sequence[str]) -> list[str]:
+    """Warnings for byte-identical images across splits or patients (names included)."""
+    by_sha: dict[str, list[Record]] = defaultdict(list)
+    for r, s in zip(records, shas):
+        by_sha[s].append(r)
+    out = []
+    for group in by_sha.values():
+        if len(group) < 2:
+            continue
+        splits, patients = {r.split for r in group}, {r.patient_id for r in group}
+        if len(splits) > 1 or len(patients) > 1:
+            where = "splits" if len(splits) > 1 else "patients"
+            out.append(f"identical image in two {where}: " + ", ".join(r.image_id for r in group))
+    return out
+
+
+def _counts(records: Iterable[Record]) -> dict[str, Any]:
+    by_split: dict[str, Counter] = defaultdict(Counter)
+    by_fold: dict[str, Counter] = defaultdict(Counter)
+    patients: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for r in records:
+        cls = "all" if r.label else "hem"
+        by_split[r.split][cls] += 1
+        if r.fold is not None:
+            by_fold[str(r.fold)][cls] += 1
+        patients[r.split][r.patient_id] += 1
+    return {
+        "splits": {s: {"n": sum(c.values()), **c} for s, c in sorted(by_split.items())},
+        "folds": {f: {"n": sum(c.values()), **c} for f, c in sorted(by_fold.items())},
+        "patients": {s: dict(sorted(p.items())) for s, p in sorted(patients.items())},
+    }
+
+
+def ingest(data_dir: str | Path, store: str, *, size: int = 224, workers: int | None = None,
+           crop: bool = True, skip_bad: bool = False, overwrite: bool = True,
+           progress: bool = True) -> dict[str, Any]:
+    """Build a Parquet image store from a C-NMC dataset folder.
+
+    Args:
+        data_dir: the ``C-NMC_Leukemia`` folder or its parent.
+        store: destination folder or URI; replaced atomically if it exists and ``overwrite``.
+        size: side of the stored square images in pixels.
+        workers: decoding processes (default: all cores).
+        crop: crop each cell to its bounding square before resizing.
+        skip_bad: skip unreadable images (recorded in the manifest) instead of failing.
+        overwrite: replace an existing store at ``store``.
+        progress: show a progress line on stderr.
+
+    Returns:
+        The manifest that was written.
+
+    Raises:
+        DatasetError: the folder or some files are bad (every bad file is listed).
+        StoreError: a store exists and ``overwrite`` is false.
+    """
+    if size < 8 or size > 4096:
+        raise ValueError(f"size={size}: the stored image side must be between 8 and 4096 px")
+    t0 = time.monotonic()
+    scanned = dataset.scan(data_dir)
+    records = scanned.records
+    if not records:
+        raise DatasetError(f"{scanned.root}: no images found")
+    fs, path = _fs(store)
+    if _exists(fs, path) and not overwrite:
+        raise StoreError(f"{store} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    workers = max(1, workers or os.cpu_count() or 1)
+
+    results = []
+    meter = Progress(len(records), "ingest", progress)
+    tasks = [(r.source_path, size, crop) for r in records]
+    if workers == 1:
+        for i, t in enumerate(tasks, 1):
+            results.append(_decode_task(t))
+            meter.update(i)
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            chunk = max(1, min(64, len(tasks) // (workers * 8)))
+            for i, res in enumerate(pool.map(_decode_task, tasks, chunksize=chunk), 1):
+                results.append(res)
+                meter.update(i)
+
+    bad = [err for err, *_ in results if err]
+    if bad and not skip_bad:
+        raise DatasetError(f"{len(bad)} image file(s) cannot be read; replace them or pass "
+                           "--skip-bad to leave them out:\n  " + "\n  ".join(bad))
+    keep = [(r, res) for r, res in zip(records, results) if res[0] is None]
+    records = [r for r, _ in keep]
+    shas = [res[4] for _, res in keep]
+    warnings = _duplicates(records, shas)
+    for w in warnings:
+        log.warning(w)
+
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    fs.create_dir(tmp, recursive=True)
+    try:
+        schema = _schema(size)
+        checksum = hashlib.sha256(f"v{SCHEMA_VERSION}:{size}:{crop}".encode())
+        with fs.open_output_stream(f"{tmp}/{DATA_FILE}") as sink, \
+                pq.ParquetWriter(sink, schema, compression="zstd", compression_level=3) as writer:
+            for start in range(0, len(keep), ROW_GROUP):
+                part = keep[start:start + ROW_GROUP]
+                cols: dict[str, list] = {k: [] for k in schema.names}
+                for r, (_, pixels, h, w, sha) in part:
+                    for k in _META:
+                        cols[k].append(getattr(r, k))
+                    cols["height"].append(size)
+                    cols["width"].append(size)
+                    cols["source_height"].append(h)
+                    cols["source_width"].append(w)
+                    cols["source_sha256"].append(sha)
+                    cols["image"].append(pixels)
+                    checksum.update(f"{r.image_id}:{r.label}:{r.fold}:{sha}\n".encode())
+                writer.write_table(pa.table(cols, schema=schema), row_group_size=ROW_GROUP)
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "source": str(scanned.root),
+            "image_size": size,
+            "crop": crop,
+            "n_images": len(records),
+            **_counts(records),
+            "missing_validation": len(scanned.missing_validation),
+            "skipped_bad_files": [b for b in bad],
+            "duplicate_warnings": warnings,
+            "notes": scanned.notes,
+            "content_checksum": checksum.hexdigest(),
+            "ingest_seconds": round(time.monotonic() - t0, 2),
+        }
+        _write_bytes(fs, f"{tmp}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
+        _swap_into_place(fs, tmp, path)
+    except BaseException:
+        if _exists(fs, tmp):
+            fs.delete_dir(tmp)
+        raise
+    return manifest
+
+
+def _swap_into_place(fs: pafs.FileSystem, tmp: str, path: str) -> None:
+    """Move the finished ``tmp`` folder to ``path``, keeping any old store until it succeeds."""
+    old = None
+    if _exists(fs, path):
+        old = f"{path}.old-{uuid.uuid4().hex[:8]}"
+        fs.move(path, old)
+    try:
+        fs.move(tmp, path)
+    except BaseException:
+        if old is not None:
+            fs.move(old, path)
+        raise
+    if old is not None:
+        fs.delete_dir(old)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+@dataclass
+class Selection:
+    """Images and metadata of a store selection, as numpy arrays (one entry per image)."""
+
+    images: np.ndarray  # (n, size, size, 3) uint8 RGB
+    labels: np.ndarray  # (n,) int8: 1 = ALL, 0 = normal
+    patient_ids: np.ndarray  # (n,) str
+    image_ids: np.ndarray  # (n,) str
+    folds: np.ndarray  # (n,) int8, -1 for validation
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, mask: np.ndarray) -> Selection:
+        """Return the rows where ``mask`` is true."""
+        return Selection(**{k: v[mask] for k, v in asdict(self).items()})
+
+
+class Store:
+    """A read handle on a Parquet image store (local path or URI)."""
+
+    def __init__(self, uri: str | Path) -> None:
+        self.uri = str(uri)
+        self.fs, self.path = _fs(self.uri)
+        mpath = f"{self.path}/{MANIFEST}"
+        if not _exists(self.fs, mpath):
+            hint = ("an ingest did not finish" if _exists(self.fs, self.path)
+                    else "nothing is there")
+            raise StoreError(f"{self.uri} is not an image store ({MANIFEST} missing: {hint}); "
+                             "build one with `leukemia ingest DATA_DIR --store STORE`")
+        try:
+            self.manifest: dict[str, Any] = json.loads(_read_bytes(self.fs, mpath))
+        except json.JSONDecodeError as e:
+            raise StoreError(f"{self.uri}/{MANIFEST}: not valid JSON ({e})") from e
+        if self.manifest.get("schema_version") != SCHEMA_VERSION:
+            raise StoreError(f"{self.uri}: schema version {self.manifest.get('schema_version')} "
+                             f"but this code reads {SCHEMA_VERSION}; re-run `leukemia ingest`")
+
+    @property
+    def image_size(self) -> int:
+        return int(self.manifest["image_size"])
+
+    @property
+    def checksum(self) -> str:
+        return str(self.manifest["content_checksum"])
+
+    def load(self, split: str = dataset.TRAINING, folds: Sequence[int] | None = None) -> Selection:
+        """Load a split (and, for training, some folds) into numpy arrays.
+
+        Args:
+            split: ``"training"`` or ``"validation"``.
+            folds: training folds to keep (default: all).
+
+        Raises:
+            StoreError: the selection is empty.
+        """
+        if split not in (dataset.TRAINING, dataset.VALIDATION):
+            raise ValueError(f"split={split!r}: expected 'training' or 'validation'")
+        filters: list[tuple[str, str, Any]] = [("split", "=", split)]
+        if folds is not None:
+            filters.append(("fold", "in", [int(f) for f in folds]))
+        with self.fs.open_input_file(f"{self.path}/{DATA_FILE}") as fh:
+            table = pq.read_table(fh, filters=filters, columns=[*_META, "image"])
+        if table.num_rows == 0:
+            raise StoreError(f"{self.uri}: no images with split={split!r} folds={folds}; "
+                             f"the store has {self.manifest['splits']} and folds "
+                             f"{sorted(self.manifest['folds'])}")
+        return self._to_selection(table)
+
+    def _to_selection(self, table: pa.Table) -> Selection:
+        s = self.image_size
+        col = table.column("image").combine_chunks()
+        buf = col.buffers()[1]
+        start = col.offset * s * s * 3
+        images = np.frombuffer(buf, dtype=np.uint8, count=len(col) * s * s * 3, offset=start)
+        return Selection(
+            images=images.reshape(len(col), s, s, 3),
+            labels=table.column("label").to_numpy().astype(np.int8),
+            patient_ids=np.asarray(table.column("patient_id").to_pylist(), dtype=str),
+            image_ids=np.asarray(table.column("image_id").to_pylist(), dtype=str),
+            folds=table.column("fold").fill_null(-1).to_numpy().astype(np.int8),
+        )
+
+
+def describe(manifest: dict[str, Any]) -> str:
+    """A human-readable summary of a store's manifest."""
+    lines = [f"image store: {manifest['n_images']} images, {manifest['image_size']} px, "
+             f"crop={'on' if manifest['crop'] else 'off'}, schema v{manifest['schema_version']}",
+             f"source: {manifest['source']}",
+             f"checksum: {manifest['content_checksum'][:16]}"]
+    for split, c in manifest["splits"].items():
+        npat = len(manifest["patients"].get(split, {}))
+        lines.append(f"  {split:<10} {c['n']:>6}  (all {c.get('all', 0)}, hem {c.get('hem', 0)}; "
+                     f"{npat} patients)")
+        if split == dataset.TRAINING:
+            for fold, fc in manifest["folds"].items():
+                lines.append(f"    fold {fold}    {fc['n']:>6}  (all {fc.get('all', 0)}, "
+                             f"hem {fc.get('hem', 0)})")
+    if manifest.get("missing_validation"):
+        lines.append(f"  validation rows of the labels CSV without an image on disk: "
+                     f"{manifest['missing_validation']}")
+    for key in ("skipped_bad_files", "duplicate_warnings", "notes"):
+        for item in manifest.get(key) or []:
+            lines.append(f"  {key.replace('_', ' ')}: {item}")
+    return "\n".join(lines)
