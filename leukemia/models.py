@@ -1,0 +1,249 @@
+"""Backbone registry and the binary classifier built on it.
+
+    >>> list_backbones()
+    ['densenet121', 'efficientnet_b0', ...]
+    >>> model = create_backbone("mobilenet_v3_small", image_size=128, weights="none")
+
+Every model takes raw RGB pixels (0-255, any numeric dtype) and returns the probability of ALL
+(one sigmoid unit). The backbone's own preprocessing lives inside the model, so a saved
+``.keras`` file needs nothing else. Registering a backbone is a few lines::
+
+    @register_backbone("my_net", min_size=32, pretrained=False)
+    def _my_net(x, weights):          # x: float32 pixels 0-255; returns a 4D feature map
+        ...
+
+Importing this module does not import TensorFlow; building a model does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+BACKBONE_LAYER = "backbone"  # name of the (freezable) pretrained sub-model inside a classifier
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A registered backbone: how to build it and what it needs."""
+
+    name: str
+    build: Callable[[Any, str], Any]  # (float pixels tensor, weights) -> feature map
+    min_size: int  # smallest input side it accepts
+    pretrained: bool  # has ImageNet weights in keras.applications
+    multiple_of: int = 1  # input side must be a multiple of this
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register_backbone(name: str, *, min_size: int = 32, pretrained: bool = True,
+                      multiple_of: int = 1) -> Callable:
+    """Decorator adding a feature-extractor builder to the registry under ``name``."""
+    def deco(fn: Callable) -> Callable:
+        if name in _REGISTRY:
+            raise ValueError(f"backbone {name!r} is already registered")
+        _REGISTRY[name] = BackboneSpec(name, fn, min_size, pretrained, multiple_of)
+        return fn
+    return deco
+
+
+def list_backbones() -> list[str]:
+    """Names of all registered backbones, sorted."""
+    return sorted(_REGISTRY)
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    """The registry entry for ``name``; ``ValueError`` listing the known names otherwise."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backbone {name!r}; available: {', '.join(list_backbones())}")
+    return _REGISTRY[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Preprocessing inside the model
+
+
+def _preprocess_layer() -> type:
+    import keras
+
+    @keras.saving.register_keras_serializable(package="leukemia")
+    class Preprocess(keras.layers.Layer):
+        """Maps 0-255 RGB to a backbone's expected input ('unit', 'tf', 'torch', 'caffe')."""
+
+        def __init__(self, mode: str = "unit", **kw: Any) -> None:
+            super().__init__(**kw)
+            self.mode = mode
+
+        def call(self, x: Any) -> Any:
+            from keras import ops
+
+            x = ops.cast(x, self.compute_dtype)
+            if self.mode == "unit":
+                return x / 255.0
+            if self.mode == "tf":
+                return x / 127.5 - 1.0
+            if self.mode == "torch":
+                mean = ops.convert_to_tensor([0.485, 0.456, 0.406], self.compute_dtype)
+                std = ops.convert_to_tensor([0.229, 0.224, 0.225], self.compute_dtype)
+                return (x / 255.0 - mean) / std
+            if self.mode == "caffe":  # RGB -> BGR, ImageNet mean subtracted
+                mean = ops.convert_to_tensor([103.939, 116.779, 123.68], self.compute_dtype)
+                return ops.flip(x, axis=-1) - mean
+            return x  # "none": the backbone rescales itself
+
+        def get_config(self) -> dict[str, Any]:
+            return {**super().get_config(), "mode": self.mode}
+
+    return Preprocess
+
+
+_PREPROCESS: type | None = None
+
+
+def preprocess(mode: str) -> Any:
+    """A serialisable layer converting raw 0-255 pixels for a backbone (see ``Preprocess``)."""
+    global _PREPROCESS
+    if _PREPROCESS is None:
+        _PREPROCESS = _preprocess_layer()
+    return _PREPROCESS(mode, name=f"preprocess_{mode}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Backbones
+
+
+def _conv_block(x: Any, filters: int, name: str) -> Any:
+    from keras import layers
+
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    # momentum 0.9: moving statistics settle within a few dozen steps (small stores, few epochs)
+    x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+    return layers.Activation("relu", name=f"{name}_relu")(x)
+
+
+@register_backbone("small_cnn", min_size=16, pretrained=False)
+def _small_cnn(x: Any, weights: str) -> Any:
+    """The plain 4-block CNN of the C-NMC notebooks (conv-BN-ReLU-maxpool)."""
+    from keras import layers
+
+    x = preprocess("unit")(x)
+    for i, f in enumerate((32, 64, 128, 256)):
+        x = _conv_block(x, f, f"block{i + 1}")
+        x = layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(x) if i < 3 else x
+    return x
+
+
+@register_backbone("unet", min_size=16, pretrained=False, multiple_of=8)
+def _unet(x: Any, weights: str) -> Any:
+    """U-Net encoder-decoder; its full-resolution output feeds the classifier ("ANNa")."""
+    from keras import layers
+
+    x = preprocess("unit")(x)
+    skips = []
+    for i, f in enumerate((16, 32, 64)):
+        x = _conv_block(_conv_block(x, f, f"enc{i}a"), f, f"enc{i}b")
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"enc{i}_pool")(x)
+    x = _conv_block(_conv_block(x, 128, "mid_a"), 128, "mid_b")
+    for i, f in reversed(list(enumerate((16, 32, 64)))):
+        x = layers.Conv2DTranspose(f, 2, strides=2, padding="same", name=f"dec{i}_up")(x)
+        x = layers.Concatenate(name=f"dec{i}_cat")([x, skips[i]])
+        x = _conv_block(_conv_block(x, f, f"dec{i}a"), f, f"dec{i}b")
+    return x
+
+
+def _app(name: str, cls_name: str, mode: str, *, min_size: int = 32,
+         **kwargs: Any) -> None:
+    """Register a keras.applications model with its preprocessing mode."""
+    @register_backbone(name, min_size=min_size, pretrained=True)
+    def build(x: Any, weights: str) -> Any:
+        import keras
+
+        cls = getattr(keras.applications, cls_name)
+        size = int(x.shape[1])
+        w = None if weights == "none" else weights
+        try:
+            base = cls(include_top=False, weights=w, input_shape=(size, size, 3), **kwargs)
+        except Exception as e:  # the download is the only step that needs the network
+            if w is None or not _is_download_error(e):
+                raise
+            raise RuntimeError(
+                f"{name}: could not download the ImageNet weights ({type(e).__name__}: {e}). "
+                "This machine may have no internet: use weights=none, or pre-populate the Keras "
+                "cache (~/.keras/models/) on a machine that has it") from e
+        base._name = BACKBONE_LAYER
+        return base(preprocess(mode)(x))
+    build.__doc__ = f"keras.applications.{cls_name} (preprocessing: {mode})."
+
+
+def _is_download_error(e: Exception) -> bool:
+    text = f"{type(e).__name__} {e}".lower()
+    return any(k in text for k in ("url fetch", "urlopen", "name resolution", "connection",
+                                   "http error", "network"))
+
+
+_app("mobilenet_v3_small", "MobileNetV3Small", "none", include_preprocessing=True)
+_app("mobilenet_v3_large", "MobileNetV3Large", "none", include_preprocessing=True)
+_app("mobilenet_v2", "MobileNetV2", "tf")
+_app("efficientnet_b0", "EfficientNetB0", "none")  # rescales internally
+_app("efficientnet_v2_b0", "EfficientNetV2B0", "none", include_preprocessing=True)
+_app("resnet50", "ResNet50", "caffe")
+_app("inception_v3", "InceptionV3", "tf", min_size=75)
+_app("xception", "Xception", "tf", min_size=71)
+_app("vgg19", "VGG19", "caffe")
+_app("densenet121", "DenseNet121", "torch")
+
+
+# ---------------------------------------------------------------------------------------------
+# Classifier
+
+
+def create_backbone(name: str, *, image_size: int, weights: str = "none",
+                    dropout: float = 0.0) -> Any:
+    """Build a binary classifier on a registered backbone.
+
+    Args:
+        name: a name from :func:`list_backbones`.
+        image_size: input side in px (checked against the backbone's minimum).
+        weights: ``"none"`` (random init) or ``"imagenet"``.
+        dropout: dropout rate before the sigmoid unit.
+
+    Returns:
+        An uncompiled ``keras.Model`` mapping (N, S, S, 3) pixels 0-255 to (N, 1) P(ALL).
+    """
+    spec = backbone_spec(name)
+    if image_size < spec.min_size:
+        raise ValueError(f"{name} needs an input of at least {spec.min_size} px, "
+                         f"got image_size={image_size}")
+    if image_size % spec.multiple_of:
+        raise ValueError(f"{name} needs an input side that is a multiple of {spec.multiple_of}, "
+                         f"got image_size={image_size}")
+    if weights not in ("none", "imagenet"):
+        raise ValueError(f"weights={weights!r}: expected 'none' or 'imagenet'")
+    if weights == "imagenet" and not spec.pretrained:
+        raise ValueError(f"{name} has no pretrained weights; use weights='none'")
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((image_size, image_size, 3), name="pixels")
+    x = spec.build(inputs, weights)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="dropout")(x)
+    out = layers.Dense(1, activation="sigmoid", dtype="float32", name="p_all")(x)
+    return keras.Model(inputs, out, name=name)
+
+
+def load_model(path: str) -> Any:
+    """Load a saved classifier (``.keras``), with this module's custom layers registered."""
+    global _PREPROCESS
+    if _PREPROCESS is None:
+        _PREPROCESS = _preprocess_layer()
+    import keras
+
+    return keras.models.load_model(path)
