@@ -73,7 +73,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from leukemia.evaluate import predict_files
 
-    for path, prob in predict_files(args.model, args.inputs, threshold=args.threshold):
+    for path, prob in predict_files(args.model, args.inputs, crop=not args.no_crop):
         cls = "ALL" if prob >= args.threshold else "normal"
         print(f"{path}\t{prob:.4f}\t{cls}")
     return 0
@@ -121,13 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--store", required=True)
     s.add_argument("--split", default="validation", choices=["validation", "training"])
     s.add_argument("--folds", type=int, nargs="*", default=None, help="training folds")
-    s.add_argument("--out", default=None, help="metrics.json path (default: beside the model)")
+    s.add_argument("--out", default=None,
+                   help="metrics JSON path (default: metrics-<split>.json beside the model)")
     s.set_defaults(func=_evaluate)
 
     s = sub.add_parser("predict", help="probability of ALL for image files")
     s.add_argument("model", help="a .keras file")
     s.add_argument("inputs", nargs="+", help="image files or folders")
-    s.add_argument("--threshold", type=float, default=0.5)
+    s.add_argument("--threshold", type=float, default=0.5, help="P(ALL) at which to call ALL")
+    s.add_argument("--no-crop", action="store_true",
+                   help="the model was trained on a store ingested with --no-crop")
     s.set_defaults(func=_predict)
     return p
 

@@ -43,6 +43,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             _check_type(f.name, getattr(self, f.name), _HINTS[f.name])
+            if _HINTS[f.name] is float:  # 1 -> 1.0, so config.json is typed the same
+                object.__setattr__(self, f.name, float(getattr(self, f.name)))
         rules: list[tuple[str, bool, str]] = [
             ("weights", self.weights in WEIGHTS, f"one of {WEIGHTS}"),
             ("image_size", 16 <= self.image_size <= 1024, "between 16 and 1024"),
@@ -59,6 +61,7 @@ class TrainConfig:
             ("label_smoothing", 0 <= self.label_smoothing <= 0.5, "in [0, 0.5]"),
             ("val_fold", self.val_fold is None or 0 <= self.val_fold <= 9,
              "a fold number 0-9 or none"),
+            ("seed", 0 <= self.seed < 2**32, "in [0, 2**32)"),
         ]
         for name, ok, rule in rules:
             if not ok:
@@ -69,6 +72,9 @@ class TrainConfig:
         if self.image_size < spec.min_size:
             raise ValueError(f"TrainConfig.image_size={self.image_size}: {self.backbone} needs "
                              f"at least {spec.min_size} px")
+        if self.image_size % spec.multiple_of:
+            raise ValueError(f"TrainConfig.image_size={self.image_size}: {self.backbone} needs "
+                             f"a multiple of {spec.multiple_of}")
         if self.weights == "imagenet" and not spec.pretrained:
             raise ValueError(f"TrainConfig.weights='imagenet': {self.backbone} has no pretrained "
                              "weights; use weights=none")

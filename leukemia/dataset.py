@@ -75,7 +75,8 @@ def parse_name(name: str) -> tuple[str, int]:
     m = _NAME.match(Path(name).stem if Path(name).suffix.lower() in IMAGE_SUFFIXES else name)
     if not m:
         raise ValueError(
-            f"{name!r} is not a C-NMC cell name; expected UID_<patient>_<image>_<cell>_<all|hem>.bmp"
+            f"{name!r} is not a C-NMC cell name; "
+            "expected UID_<patient>_<image>_<cell>_<all|hem>.bmp"
         )
     return m["patient"], LABELS[m["cls"].lower()]
 
@@ -84,14 +85,17 @@ def find_root(path: str | Path) -> Path:
     """Return the ``C-NMC_Leukemia`` folder given it or its parent."""
     path = Path(path).expanduser()
     if not path.is_dir():
-        raise DatasetError(f"{path}: no such folder; point at a C-NMC_Leukemia folder or its parent")
+        raise DatasetError(f"{path}: no such folder; point at a C-NMC_Leukemia folder or its "
+                           "parent")
     for cand in (path, path / ROOT_NAME):
         if (cand / "training_data").is_dir() or (cand / VALIDATION_DIR).is_dir():
             return cand
     raise DatasetError(
-        f"{path} is not the C-NMC layout: expected {ROOT_NAME}/training_data/fold_<k>/{{all,hem}}/ "
+        f"{path} is not the C-NMC layout: expected "
+        f"{ROOT_NAME}/training_data/fold_<k>/{{all,hem}}/ "
         f"and {ROOT_NAME}/{VALIDATION_DIR}/ in it or in {path / ROOT_NAME}; "
-        "download andrewmvd/leukemia-classification and unpack it, or run `leukemia demo-data DIR`"
+        "download andrewmvd/leukemia-classification and unpack it, or run "
+        "`leukemia demo-data DIR`"
     )
 
 
@@ -108,7 +112,11 @@ def _scan_training(root: Path) -> list[Record]:
     if not tdir.is_dir():
         raise DatasetError(f"{root}: no training_data/ folder; the C-NMC layout has "
                            "training_data/fold_{0,1,2}/{all,hem}/")
-    folds = sorted((int(m[1]), p) for p in tdir.iterdir() if p.is_dir() and (m := _FOLD.match(p.name)))
+    folds = sorted((int(m[1]), p) for p in tdir.iterdir()
+                   if p.is_dir() and (m := _FOLD.match(p.name)))
+    other = sorted(p.name for p in tdir.iterdir() if p.is_dir() and not _FOLD.match(p.name))
+    if other:
+        log.warning("%s: ignoring folder(s) %s (not fold_<k>)", tdir, other)
     if not folds:
         raise DatasetError(f"{tdir}: no fold_<k>/ folders in it; expected fold_0, fold_1, fold_2")
     records, bad_names = [], []
@@ -179,7 +187,15 @@ def _scan_validation(root: Path) -> tuple[list[Record], list[str]]:
         raise DatasetError(f"{csv_path}: labels CSV missing; validation images cannot be labelled "
                            f"without it (columns {','.join(CSV_COLUMNS)})")
     records, missing = [], []
-    for original, new_name, label in read_labels_csv(csv_path):
+    rows = read_labels_csv(csv_path)
+    seen: dict[str, int] = {}
+    for _, new_name, _ in rows:
+        seen[new_name] = seen.get(new_name, 0) + 1
+    repeated = sorted(n for n, c in seen.items() if c > 1)
+    if repeated:
+        raise DatasetError(f"{csv_path}: new_names repeated in several rows: {repeated[:10]}; "
+                           "each image file may be listed once")
+    for original, new_name, label in rows:
         patient, name_label = parse_name(original)
         if name_label != label:
             raise DatasetError(f"{csv_path}: {original} is labelled {label} but its name says "
@@ -191,6 +207,11 @@ def _scan_validation(root: Path) -> tuple[list[Record], list[str]]:
         records.append(Record(
             image_id=p.relative_to(root).with_suffix("").as_posix(), split=VALIDATION, fold=None,
             patient_id=patient, label=label, source_path=str(p.resolve()), original_name=original))
+    if img_dir.is_dir():
+        unlisted = {p.name for p in _images_in(img_dir)} - set(seen)
+        if unlisted:
+            log.warning("%s: %d image(s) not listed in %s are ignored, e.g. %s", img_dir,
+                        len(unlisted), VALIDATION_CSV, sorted(unlisted)[0])
     return records, missing
 
 

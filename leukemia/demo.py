@@ -11,8 +11,8 @@ them but not perfectly:
 - cell radius: slightly larger for blasts.
 
 A per-patient stain shift (colour and brightness, shared by all of a patient's cells) and a small
-per-patient shift of the nucleus ratio make patient identity a nuisance factor, as in the real data,
-where patient-split scores are lower than image-split ones. Everything is deterministic given
+per-patient shift of the nucleus ratio make patient identity a nuisance factor, as in the real
+data, where patient-split scores are lower than image-split ones. Everything is deterministic given
 ``seed``. It exists so that the pipeline, the search and the tests run without the real data
 (``scan()`` reads it like the real thing); it says nothing about real cells.
 
@@ -110,7 +110,7 @@ def _fill(shape: tuple[int, int], pts: np.ndarray) -> np.ndarray:
 
 
 def _draw_cell(rng: np.random.Generator, patient: _Patient, frame: int) -> np.ndarray:
-    """Render one segmented cell of ``patient``'s class on black; returns (frame, frame, 3) uint8."""
+    """Draw one segmented cell of ``patient``'s class on black: (frame, frame, 3) uint8 BGR."""
     s = frame / _REF_FRAME
     blast = patient.label == 1
     # Class cues, each drawn from overlapping distributions.
@@ -119,8 +119,8 @@ def _draw_cell(rng: np.random.Generator, patient: _Patient, frame: int) -> np.nd
                           0.45, 0.88))
     lobes = abs(rng.normal(0.025, 0.02)) if blast else abs(rng.normal(0.08, 0.04))
     notch = rng.uniform(0.1, 0.3) * (rng.random() < (0.12 if blast else 0.45))
-    grain = (rng.uniform(1.5, 4.0) if blast else rng.uniform(3.0, 7.0)) * s
-    texture = rng.normal(0.11, 0.03) if blast else rng.normal(0.16, 0.04)
+    grain = (rng.uniform(1.5, 4.0) if blast else rng.uniform(2.8, 7.0)) * s
+    texture = rng.normal(0.115, 0.03) if blast else rng.normal(0.155, 0.04)
     darkness = rng.normal(1.0, 0.07) if blast else rng.normal(0.94, 0.07)
     nucleoli = int(rng.random() < (0.55 if blast else 0.2)) * int(rng.integers(1, 3))
 
@@ -181,11 +181,12 @@ def _readme(counts: dict[str, int], seed: int, frame: int) -> str:
         "SYNTHETIC DEMO DATA - NOT REAL CELLS\n\n"
         f"{ROOT_NAME}/ here was drawn by leukemia.demo.write_demo_data(seed={seed}, "
         f"frame={frame}).\n"
-        "It copies the C-NMC 2019 folder layout and file naming so that the pipeline runs without\n"
-        "the real data, but every image is a procedurally drawn blob: a violet 'nucleus' inside a\n"
-        "lavender 'cytoplasm' on black. 'ALL' (label 1) cells tend to have a larger, rounder\n"
-        "nucleus with finer chromatin; 'hem' (label 0) cells a smaller, lobed nucleus with coarser\n"
-        "chromatin; the distributions overlap, and each patient has its own stain shift.\n"
+        "It copies the C-NMC 2019 folder layout and file naming so that the pipeline runs\n"
+        "without the real data, but every image is a procedurally drawn blob: a violet\n"
+        "'nucleus' inside a lavender 'cytoplasm' on black. 'ALL' (label 1) cells tend to have\n"
+        "a larger, rounder nucleus with finer chromatin; 'hem' (label 0) cells a smaller, lobed\n"
+        "nucleus with coarser chromatin; the distributions overlap, and each patient has its\n"
+        "own stain shift.\n"
         "Scores measured on it say nothing about leukemia or about real microscope images.\n\n"
         + "".join(f"{k}: {v}\n" for k, v in counts.items())
     )
@@ -252,9 +253,13 @@ def write_demo_data(
         return _new_patient(rng, f"{'' if label else 'H'}{n_ids[label]}", label)
 
     # (fold or None, patient, images): every patient in exactly one fold or in validation.
-    plan = [(f, patient(lab), images_per_patient * (_ALL_IMAGE_FACTOR if lab else 1))
+    def count(label: int, per_patient: int) -> int:
+        return per_patient * (_ALL_IMAGE_FACTOR if label else 1)
+
+    plan: list[tuple[int | None, _Patient, int]]
+    plan = [(f, patient(lab), count(lab, images_per_patient))
             for f in range(folds) for lab in (1, 0) for _ in range(patients_per_class)]
-    plan += [(None, patient(lab), validation_images_per_patient * (_ALL_IMAGE_FACTOR if lab else 1))
+    plan += [(None, patient(lab), count(lab, validation_images_per_patient))
              for lab in (1, 0) for _ in range(validation_patients_per_class)]
     total = sum(n for _, _, n in plan)
     n_val = sum(n for f, _, n in plan if f is None)

@@ -28,7 +28,8 @@ def score(model: Any, sel: Selection, *, seed: int = 0) -> tuple[dict[str, Any],
 def evaluate_model(model_path: str | Path, store: Store | str, *, split: str = VALIDATION,
                    folds: Sequence[int] | None = None,
                    out: str | Path | None = None) -> dict[str, Any]:
-    """Evaluate a ``.keras`` model; write ``metrics.json`` (default: beside the model).
+    """Evaluate a ``.keras`` model; write its metrics as JSON (default: ``metrics-<split>.json``
+    beside the model, so training's ``metrics.json`` is kept).
 
     Returns:
         The metrics (keys of :func:`leukemia.metrics.binary_metrics`).
@@ -42,7 +43,7 @@ def evaluate_model(model_path: str | Path, store: Store | str, *, split: str = V
     store = store if isinstance(store, Store) else Store(store)
     metrics, _ = score(model, store.load(split, folds))
     metrics = {**metrics, "split": split, "store": store.uri}
-    out = Path(out) if out else model_path.with_name("metrics.json")
+    out = Path(out) if out else model_path.with_name(f"metrics-{split}.json")
     atomic_write(out, json.dumps(metrics, indent=2))
     return metrics
 
@@ -62,7 +63,7 @@ def _expand(inputs: Sequence[str | Path]) -> list[Path]:
 
 
 def predict_files(model_path: str | Path, inputs: Sequence[str | Path], *,
-                  threshold: float = 0.5, crop: bool = True,
+                  crop: bool = True,
                   batch_size: int = 64) -> Iterator[tuple[Path, float]]:
     """Yield ``(path, P(ALL))`` for image files or folders, decoded as ingest does."""
     from leukemia.models import load_model

@@ -236,8 +236,15 @@ def ingest(data_dir: str | Path, store: str, *, size: int = 224, workers: int | 
     if not records:
         raise DatasetError(f"{scanned.root}: no images found")
     fs, path = _fs(store)
-    if _exists(fs, path) and not overwrite:
-        raise StoreError(f"{store} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    _recover(fs, path)
+    if _exists(fs, path):
+        if not overwrite:
+            raise StoreError(f"{store} exists; remove it or leave out --no-overwrite to replace "
+                             "it")
+        if not _exists(fs, f"{path}/{MANIFEST}") and fs.get_file_info(
+                fs_selector(path)) != []:
+            raise StoreError(f"{store} exists and is not an image store (no {MANIFEST}); "
+                             "refusing to replace it: choose an empty or new --store path")
     workers = max(1, workers or os.cpu_count() or 1)
 
     results = []
@@ -308,6 +315,30 @@ def ingest(data_dir: str | Path, store: str, *, size: int = 224, workers: int | 
             fs.delete_dir(tmp)
         raise
     return manifest
+
+
+def fs_selector(path: str) -> pafs.FileSelector:
+    return pafs.FileSelector(path, allow_not_found=True)
+
+
+def _recover(fs: pafs.FileSystem, path: str) -> None:
+    """Undo what a killed ingest left: restore a moved-aside store, drop partial copies."""
+    parent, name = path.rsplit("/", 1) if "/" in path else ("", path)
+    if not parent or not _exists(fs, parent):
+        return
+    leftovers = [i.path for i in fs.get_file_info(fs_selector(parent))
+                 if i.base_name.startswith((f"{name}.tmp-", f"{name}.old-"))]
+    for old in (p for p in leftovers if ".old-" in p.rsplit("/", 1)[-1]):
+        if not _exists(fs, f"{path}/{MANIFEST}") and _exists(fs, f"{old}/{MANIFEST}"):
+            if _exists(fs, path):
+                fs.delete_dir(path)
+            fs.move(old, path)
+            log.warning("restored the store %s that an interrupted ingest had moved aside", path)
+        else:
+            fs.delete_dir(old)
+    for tmp in (p for p in leftovers if ".tmp-" in p.rsplit("/", 1)[-1]):
+        log.info("removing %s left by an interrupted ingest", tmp)
+        fs.delete_dir(tmp)
 
 
 def _swap_into_place(fs: pafs.FileSystem, tmp: str, path: str) -> None:

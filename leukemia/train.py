@@ -70,10 +70,11 @@ def check_disjoint(train: Selection, val: Selection) -> None:
 _DEVICES_CONFIGURED = False
 
 
-def configure_devices(gpu_memory_mb: int | None = None) -> list[str]:
-    """Let several processes share a GPU: a memory cap per process, or memory growth.
+def configure_devices(gpu_memory_mb: int | None = None, threads: int | None = None) -> list[str]:
+    """Let several processes share a machine: a GPU memory cap (or memory growth) and a CPU
+    thread count per process.
 
-    Must run before TensorFlow touches the GPU; later calls in the same process do nothing.
+    Must run before TensorFlow executes anything; later calls in the same process do nothing.
     Returns the names of the visible GPUs.
     """
     global _DEVICES_CONFIGURED
@@ -81,6 +82,12 @@ def configure_devices(gpu_memory_mb: int | None = None) -> list[str]:
 
     gpus = tf.config.list_physical_devices("GPU")
     if not _DEVICES_CONFIGURED:
+        if threads:
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+                tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+            except RuntimeError as e:
+                log.debug("TensorFlow threads already set: %s", e)
         for gpu in gpus:
             try:
                 if gpu_memory_mb:
@@ -143,7 +150,8 @@ def load_split(store: Store | str, config: TrainConfig) -> tuple[Selection, Sele
 
 def fit(config: TrainConfig, store: Store | str | tuple[Selection, Selection | None],
         callbacks: Sequence[EpochCallback] = (), *, model: Any = None, initial_epoch: int = 0,
-        gpu_memory_mb: int | None = None, verbose: int = 0) -> FitResult:
+        gpu_memory_mb: int | None = None, threads: int | None = None,
+        verbose: int = 0) -> FitResult:
     """Train ``config`` and score the validation fold after every epoch.
 
     Args:
@@ -153,6 +161,7 @@ def fit(config: TrainConfig, store: Store | str | tuple[Selection, Selection | N
         model: a compiled model to continue (resuming from a checkpoint); built if ``None``.
         initial_epoch: epochs already done by ``model``.
         gpu_memory_mb: per-process GPU memory cap (several trials on one GPU).
+        threads: CPU threads TensorFlow may use in this process (default: all).
         verbose: Keras progress output (0: none).
 
     Returns:
@@ -160,7 +169,7 @@ def fit(config: TrainConfig, store: Store | str | tuple[Selection, Selection | N
     """
     import keras
 
-    configure_devices(gpu_memory_mb)
+    configure_devices(gpu_memory_mb, threads)
     train, val = store if isinstance(store, tuple) else load_split(store, config)
     if val is not None:
         check_disjoint(train, val)
@@ -197,6 +206,7 @@ def fit(config: TrainConfig, store: Store | str | tuple[Selection, Selection | N
             _compile(model, config, config.learning_rate * 0.1)
         t0 = time.monotonic()
         h = model.fit(train_ds, epochs=epoch, initial_epoch=epoch - 1, class_weight=cw,
+                      shuffle=False,  # tf.data shuffles (seeded); silences a Keras warning
                       callbacks=[keras.callbacks.TerminateOnNaN()], verbose=verbose)
         logs = {k: float(v[-1]) for k, v in h.history.items()}
         row: dict[str, Any] = {"epoch": epoch, "loss": logs.get("loss", math.nan),

@@ -1,0 +1,423 @@
+"""Search for the best leukemic-blast classifier: Ray Tune + Optuna (TPE) + ASHA.
+
+    python search/run.py                                   # small search on built-in demo data
+    python search/run.py --trials 64 --data ~/C-NMC_Leukemia --out runs/cnmc
+    python search/run.py --trials 64 --store s3://bucket/cnmc-224 --address auto --out s3://...
+    python search/run.py --out runs/cnmc --resume           # continue a killed search
+
+Each trial trains one sampled configuration on all training folds but ``--val-fold`` and
+reports the held-out fold's weighted F1 every epoch; ASHA stops weak trials early. The best
+configuration is then retrained on all training folds, evaluated once on ``validation_data``, and
+exported with ``trials.csv``, ``study.db`` (Optuna), ``best/`` and ``report.html`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout
+
+log = logging.getLogger("search")
+
+METRIC, MODE = "objective", "max"  # val_weighted_f1, ties broken by AUC (search/trainable.py)
+SCORE = "val_weighted_f1"
+GPU_RESERVE_MB = 1024  # per GPU, left for the CUDA context and fragmentation
+GPU_MB_PER_TRIAL = 8192  # default packing: one trial per this much GPU memory, at most 4
+DEMO_PRESET = {"trials": 8, "max_epochs": 6, "image_size": 64, "grace_period": 1,
+               "backbones": "small_cnn,unet,mobilenet_v3_small"}
+FULL_DEFAULTS = {"trials": 64, "max_epochs": 20, "image_size": 224, "grace_period": 2,
+                 "backbones": None}
+
+
+# ---------------------------------------------------------------------------------------------
+# Resources
+
+
+def gpu_memory_cap_mb(total_mb: int, trials_per_gpu: int, reserve_mb: int = GPU_RESERVE_MB
+                      ) -> int:
+    """TensorFlow memory cap for each of ``trials_per_gpu`` trials sharing a GPU of ``total_mb``.
+
+    Raises:
+        ValueError: if the GPU is too small to give each trial at least 512 MiB.
+    """
+    if trials_per_gpu < 1:
+        raise ValueError(f"trials_per_gpu={trials_per_gpu}: must be at least 1")
+    cap = (total_mb - reserve_mb) // trials_per_gpu
+    if cap < 512:
+        raise ValueError(f"a {total_mb} MiB GPU cannot hold {trials_per_gpu} trials "
+                         f"({cap} MiB each); lower --trials-per-gpu")
+    return int(cap)
+
+
+def default_trials_per_gpu(total_mb: int | None) -> int:
+    """Trials to pack on one GPU by default: one per 8 GiB of its memory, 1 to 4."""
+    if not total_mb:
+        return 1
+    return max(1, min(4, total_mb // GPU_MB_PER_TRIAL))
+
+
+def local_gpu_memory_mb() -> int | None:
+    """Total memory of this machine's first GPU (nvidia-smi), or None without one."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True,
+                             timeout=20, check=True).stdout
+        return int(out.split()[0])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def plan_resources(cluster: dict[str, float], args: argparse.Namespace
+                   ) -> tuple[dict[str, float], int, int | None]:
+    """Per-trial resources, the number of concurrent trials, and the per-trial GPU cap."""
+    gpus, cpus = int(cluster.get("GPU", 0)), int(cluster.get("CPU", 1))
+    if gpus and not args.cpu_only:
+        mem = local_gpu_memory_mb()
+        k = args.trials_per_gpu or default_trials_per_gpu(mem)
+        slots = gpus * k
+        per_trial = {"CPU": max(1, cpus // slots), "GPU": 1.0 / k}
+        cap = gpu_memory_cap_mb(mem, k) if (mem and k > 1) else None
+        return per_trial, slots, cap
+    cpt = max(1, args.cpus_per_trial)
+    return {"CPU": cpt}, max(1, cpus // cpt), None
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def resolve_store(args: argparse.Namespace) -> str:
+    """The store URI to search on: ``--store``, or ``--data`` / the demo data ingested once."""
+    from leukemia.store import Store, StoreError, ingest
+    from search.cache import cache_root
+
+    if args.store:
+        Store(args.store)  # fails early, with the fix, if it is not a store
+        return args.store
+    if args.data:
+        data = Path(args.data).expanduser().resolve()
+    else:
+        from leukemia.demo import write_demo_data
+
+        data = cache_root() / "demo-data"
+        if not (data / "C-NMC_Leukemia").is_dir():
+            print(f"no --data or --store given: writing the built-in SYNTHETIC demo data to "
+                  f"{data} (not real cells; pass --data C-NMC_Leukemia for the real dataset)",
+                  file=sys.stderr)
+            write_demo_data(data, overwrite=True)
+        else:
+            print(f"no --data or --store given: searching the built-in SYNTHETIC demo data in "
+                  f"{data} (not real cells)", file=sys.stderr)
+    key = hashlib.sha256(str(data).encode()).hexdigest()[:10]
+    store = str(cache_root() / "stores" / f"{data.name}-{key}-{args.image_size}px")
+    try:
+        if Store(store).image_size == args.image_size:
+            print(f"using the image store {store} (delete it to re-ingest)", file=sys.stderr)
+            return store
+    except StoreError:
+        pass
+    print(f"ingesting {data} into {store} ({args.image_size} px) ...", file=sys.stderr)
+    ingest(data, store, size=args.image_size, progress=True)
+    return store
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+def collect_trials(results: Any, max_t: int) -> list[dict[str, Any]]:
+    """One dict per trial (params, per-epoch history, status, error, node) from a ResultGrid."""
+    trials = []
+    for r in results:
+        df = r.metrics_dataframe
+        history = [] if df is None or df.empty else [
+            {k: _clean(v) for k, v in row.items()}
+            for row in df.drop_duplicates("training_iteration", keep="last")
+            .sort_values("training_iteration").to_dict("records")]
+        scores = [(h[METRIC], -int(h["training_iteration"]), h.get(SCORE)) for h in history
+                  if h.get(METRIC) is not None]
+        top = max(scores) if scores else None
+        best = (top[2], -top[1]) if top else (None, None)
+        epochs = int(history[-1]["training_iteration"]) if history else 0
+        meta = r.metrics or {}
+        trial_id = meta.get("trial_id") or (Path(r.path).name.split("_")[-1] if r.path else "?")
+        tag = str(meta.get("experiment_tag", "0")).split("_")[0]
+        status = "failed" if r.error else "completed" if epochs >= max_t else "pruned"
+        if not r.error and not history:
+            status = "pending"
+        last = history[-1] if history else {}
+        trials.append({
+            "trial_id": trial_id, "number": int(tag) if tag.isdigit() else len(trials) + 1,
+            "params": dict(r.config or {}), "status": status,
+            "error": _short_error(r.error) if r.error else None, "history": history,
+            "best_score": best[0], "best_epoch": best[1], "epochs_run": epochs,
+            "best_objective": top[0] if top else None,
+            "node_id": last.get("node_id"), "started_at": last.get("trial_started_at"),
+            "ended_at": last.get("reported_at"), "path": r.path,
+        })
+    return sorted(trials, key=lambda t: t["number"])
+
+
+def _clean(v: Any) -> Any:
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return v
+
+
+def _short_error(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    tail = [ln for ln in text if ln.strip()][-1:] or [type(e).__name__]
+    return f"{type(e).__name__}: {tail[0][:300]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n", 2)[2])
+    g = p.add_argument_group("data")
+    g.add_argument("--data", help="C-NMC_Leukemia folder (ingested once into a cached store)")
+    g.add_argument("--store", help="an image store (path or s3:// / gs:// URI)")
+    g.add_argument("--out", help="folder for everything the run writes (default runs/<time>)")
+    g = p.add_argument_group("search")
+    g.add_argument("--trials", type=int, help="trials to run (64; demo data: 8)")
+    g.add_argument("--max-epochs", type=int, help="epoch budget = ASHA max_t (20; demo: 6)")
+    g.add_argument("--grace-period", type=int, help="ASHA grace period in epochs (2; demo: 1)")
+    g.add_argument("--reduction-factor", type=int, default=3, help="ASHA reduction factor (3)")
+    g.add_argument("--val-fold", type=int, default=0, help="training fold held out (0)")
+    g.add_argument("--image-size", type=int, help="image side in px (224; demo: 64)")
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--backbones", help="comma-separated backbones to search (default: all "
+                   "in search/space.py; demo: small_cnn,unet,mobilenet_v3_small)")
+    g.add_argument("--weights", default="none", choices=["none", "imagenet"],
+                   help="start from ImageNet weights (needs a download) or random (none)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--final-seeds", type=int, default=1,
+                   help="retrain the best configuration with N seeds (mean +- std)")
+    g.add_argument("--no-final", action="store_true", help="skip the final retrain")
+    g.add_argument("--plugin", action="append", default=[],
+                   help="a Python file imported in every worker (e.g. registering backbones)")
+    g = p.add_argument_group("resources")
+    g.add_argument("--address", help="Ray cluster address ('auto' or host:port); default: "
+                   "start a local Ray")
+    g.add_argument("--num-cpus", type=int, help="local Ray only: CPUs to declare")
+    g.add_argument("--num-gpus", type=int, help="local Ray only: GPUs to declare")
+    g.add_argument("--trials-per-gpu", type=int, help="trials sharing one GPU (default from "
+                   "its memory: one per 8 GiB, at most 4)")
+    g.add_argument("--cpus-per-trial", type=int, default=1, help="CPU-only trials (1)")
+    g.add_argument("--cpu-only", action="store_true", help="ignore GPUs")
+    g.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=None,
+                   help="float16 compute on GPUs (default: on when GPUs are used)")
+    g = p.add_argument_group("run")
+    g.add_argument("--resume", action="store_true", help="continue the search in --out")
+    g.add_argument("--max-failures", type=int, default=1,
+                   help="retries of a failed trial from its last checkpoint (1)")
+    g.add_argument("-v", "--verbose", action="store_true", help="Ray's and the workers' logs")
+    return p
+
+
+def apply_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill unset flags: the demo preset without --data/--store, the full defaults otherwise."""
+    demo = not (args.data or args.store)
+    preset = DEMO_PRESET if demo else FULL_DEFAULTS
+    for key, value in preset.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.backbones is None:
+        from search.space import DEFAULT_BACKBONES
+
+        args.backbones = ",".join(DEFAULT_BACKBONES)
+    args.backbone_list = [b.strip() for b in args.backbones.split(",") if b.strip()]
+    if args.out is None:
+        args.out = str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    return args
+
+
+def validate(args: argparse.Namespace) -> None:
+    from leukemia.config import TrainConfig
+    from search.trainable import load_plugins
+
+    load_plugins([str(Path(p).resolve()) for p in args.plugin])
+    if args.trials < 1:
+        raise ValueError(f"--trials {args.trials}: must be at least 1")
+    if args.grace_period < 1 or args.grace_period > args.max_epochs:
+        raise ValueError(f"--grace-period {args.grace_period}: must be in 1..--max-epochs "
+                         f"({args.max_epochs})")
+    if args.reduction_factor < 2:
+        raise ValueError(f"--reduction-factor {args.reduction_factor}: must be at least 2")
+    for b in args.backbone_list:  # every backbone must be legal at this image size
+        TrainConfig(backbone=b, image_size=args.image_size, epochs=args.max_epochs,
+                    weights=args.weights if b not in ("small_cnn", "unet") else "none")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = apply_defaults(build_parser().parse_args(argv))
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from leukemia.dataset import DatasetError
+    from leukemia.store import StoreError
+
+    try:
+        validate(args)
+        return run(args, argv if argv is not None else sys.argv[1:])
+    except (ValueError, DatasetError, StoreError, FileExistsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    import optuna
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from search import final as final_mod
+    from search.searcher import FidelityAwareOptunaSearch, LiveView
+    from search.space import define_space
+    from search.trainable import train_trial
+
+    out = Path(args.out).expanduser().resolve()
+    exp_dir = out / "tune"
+    if exp_dir.exists() and not args.resume:
+        raise FileExistsError(f"{out} already holds a search; pass --resume to continue it or "
+                              "choose another --out")
+    if args.resume and not exp_dir.exists():
+        raise FileNotFoundError(f"--resume: {out} holds no search to continue")
+    out.mkdir(parents=True, exist_ok=True)
+    command = " ".join(shlex.quote(a) for a in [sys.executable, "search/run.py", *argv])
+    if not args.resume:
+        (out / "command.txt").write_text(command + "\n")
+    t0 = time.monotonic()
+    store = resolve_store(args)
+
+    if not args.verbose:
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    ray.init(address=args.address, num_cpus=None if args.address else args.num_cpus,
+             num_gpus=None if args.address else args.num_gpus, include_dashboard=False,
+             log_to_driver=args.verbose, configure_logging=True,
+             logging_level=logging.INFO if args.verbose else logging.ERROR)
+    per_trial, slots, gpu_cap = plan_resources(ray.cluster_resources(), args)
+    use_gpu = per_trial.get("GPU", 0) > 0
+    mixed = use_gpu if args.mixed_precision is None else args.mixed_precision
+    settings = {
+        "store": store, "image_size": args.image_size, "batch_size": args.batch_size,
+        "max_epochs": args.max_epochs, "weights": args.weights, "val_fold": args.val_fold,
+        "seed": args.seed, "mixed_precision": mixed, "gpu_memory_mb": gpu_cap,
+        "cpus_per_trial": int(per_trial["CPU"]),
+        "plugins": [str(Path(p).resolve()) for p in args.plugin],
+    }
+    print(f"search: {args.trials} trials of {','.join(args.backbone_list)} at "
+          f"{args.image_size} px, up to {args.max_epochs} epochs (ASHA grace "
+          f"{args.grace_period}, factor {args.reduction_factor}); {slots} at a time with "
+          f"{per_trial} each{f', GPU cap {gpu_cap} MiB' if gpu_cap else ''}; out: {out}",
+          file=sys.stderr)
+
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, settings=settings),
+        {k.lower(): v for k, v in per_trial.items()})
+    view = LiveView(METRIC, args.max_epochs, args.trials, score=SCORE)
+    if args.resume:
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_errored=True)
+    else:
+        space = functools.partial(define_space, backbones=args.backbone_list,
+                                  weights=args.weights, max_epochs=args.max_epochs)
+        searcher = FidelityAwareOptunaSearch(
+            space=space, metric=METRIC, mode=MODE, max_t=args.max_epochs,
+            sampler=optuna.samplers.TPESampler(seed=args.seed),
+            storage=optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}"),
+            study_name="cnmc-search")
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                metric=METRIC, mode=MODE, search_alg=searcher, num_samples=args.trials,
+                max_concurrent_trials=slots, reuse_actors=True,
+                scheduler=ASHAScheduler(time_attr="training_iteration", max_t=args.max_epochs,
+                                        grace_period=args.grace_period,
+                                        reduction_factor=args.reduction_factor),
+                trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
+            run_config=tune.RunConfig(
+                name="tune", storage_path=str(out), verbose=1 if args.verbose else 0,
+                callbacks=[view],
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                failure_config=tune.FailureConfig(max_failures=args.max_failures)))
+    results = tuner.fit()
+    search_seconds = time.monotonic() - t0
+    trials = collect_trials(results, args.max_epochs)
+    from search import report
+
+    report.write_trials_csv(out / "trials.csv", trials)
+
+    final = None
+    best = final_mod.best_trial(trials)
+    if best is None:
+        print("no trial produced a score; see trials.csv for the errors", file=sys.stderr)
+    elif not args.no_final:
+        final = final_mod.run_final(best, settings, out, seeds=args.final_seeds,
+                                    resources=per_trial)
+    study = optuna.load_study(study_name="cnmc-search", storage=f"sqlite:///{out / 'study.db'}")
+    counts = {s: sum(t["status"] == s for t in trials) for s in ("completed", "pruned", "failed")}
+    trial_epochs = sum(t["epochs_run"] for t in trials)
+    summary = {"search_seconds": round(search_seconds, 1),
+               "total_seconds": round(time.monotonic() - t0, 1), "trial_counts": counts,
+               "trial_epochs": trial_epochs,
+               "trial_epochs_full_budget": len(trials) * args.max_epochs,
+               "best_trial": best["trial_id"] if best else None,
+               "best_val_fold_weighted_f1": best["best_score"] if best else None,
+               "best_epoch": best["best_epoch"] if best else None,
+               "validation": final["metrics"] if final else None}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    shown = {"trials": args.trials, "max_epochs (ASHA max_t)": args.max_epochs,
+             "grace_period": args.grace_period, "reduction_factor": args.reduction_factor,
+             "image_size": args.image_size, "batch_size": args.batch_size,
+             "val_fold": args.val_fold, "backbones": ", ".join(args.backbone_list),
+             "weights": args.weights, "seed": args.seed, "store": store,
+             "concurrent trials": slots, "resources per trial": str(per_trial),
+             "search wall time (s)": summary["search_seconds"],
+             "trial-epochs used / full budget":
+                 f"{trial_epochs} / {summary['trial_epochs_full_budget']}"}
+    report.write_report(out / "report.html", trials=trials, study=study, final=final,
+                        command=(out / "command.txt").read_text().strip(), settings=shown,
+                        max_t=args.max_epochs)
+    ray.shutdown()
+    _print_summary(summary, out)
+    return 0
+
+
+def _print_summary(summary: dict[str, Any], out: Path) -> None:
+    c = summary["trial_counts"]
+    print(f"\ndone in {summary['total_seconds']:.0f} s: {c['completed']} completed, "
+          f"{c['pruned']} stopped by ASHA, {c['failed']} failed; trial-epochs "
+          f"{summary['trial_epochs']} of {summary['trial_epochs_full_budget']} (full budget)")
+    if summary["best_trial"]:
+        print(f"best trial {summary['best_trial']}: held-out fold weighted F1 "
+              f"{summary['best_val_fold_weighted_f1']:.4f} at epoch {summary['best_epoch']}")
+    v = summary["validation"]
+    if v:
+        ci = v.get("weighted_f1_ci95")
+        ci_text = f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
+        print(f"validation_data ({v['n']} images, {v['n_patients']} patients): weighted F1 "
+              f"{v['weighted_f1']:.4f}{ci_text}, accuracy {v['accuracy']:.4f}, "
+              f"sensitivity {v['sensitivity']}, specificity {v['specificity']}, "
+              f"ROC AUC {v['roc_auc']}")
+    print(f"wrote {out}/trials.csv, study.db, best/, report.html")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""The search end to end: real local Ray, real Optuna, real Keras on tiny images.
+
+Each test runs ``search/run.py`` as a user would, in a subprocess of its own process group, and
+stops only the processes that run started.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from search.run import default_trials_per_gpu, gpu_memory_cap_mb
+from search.space import define_space, to_train_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+PLUGIN = Path(__file__).parent / "plugins" / "faulty_backbones.py"
+SMALL = ["--image-size", "32", "--batch-size", "8", "--backbones", "small_cnn",
+         "--reduction-factor", "2", "--grace-period", "1", "--num-cpus", "2"]
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ, CNMC_CACHE=str(tmp_path / "cache"), TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONUNBUFFERED="1")
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _start(args: list[str], tmp_path: Path, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(REPO / "search" / "run.py"), *args],
+                            cwd=REPO, env=_env(tmp_path), stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """Kill what the run started (its own process group), nothing else."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=60)
+
+
+def _run(args: list[str], tmp_path: Path, timeout: float = 900) -> str:
+    log = tmp_path / f"run-{time.monotonic_ns()}.log"
+    proc = _start(args, tmp_path, log)
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        _stop_group(proc)
+    text = log.read_text()
+    assert proc.returncode == 0, text[-4000:]
+    return text
+
+
+def _trials(out: Path) -> list[dict[str, str]]:
+    with open(out / "trials.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _study(out: Path) -> optuna.Study:
+    return optuna.load_study(study_name="cnmc-search", storage=f"sqlite:///{out / 'study.db'}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure units
+
+
+def test_space_samples_in_range_with_conditionals():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    backbones = ["small_cnn", "mobilenet_v3_small", "resnet50"]
+    for weights in ("none", "imagenet"):
+        for _ in range(40):
+            trial = study.ask()
+            define_space(trial, backbones, weights=weights, max_epochs=5)
+            p = trial.params
+            assert p["backbone"] in backbones
+            assert 1e-4 <= p["learning_rate"] <= 3e-3
+            assert ("augment_strength" in p) == p["augment"]
+            assert 0.0 <= p["dropout"] <= 0.5 and 0.0 <= p["label_smoothing"] <= 0.1
+            assert p["class_weight"] in ("none", "balanced")
+            freeze = [k for k in p if k.startswith("freeze_epochs_")]
+            pretrained = weights == "imagenet" and p["backbone"] != "small_cnn"
+            assert freeze == ([f"freeze_epochs_{p['backbone']}"] if pretrained else [])
+            for k in freeze:
+                assert 0 <= p[k] <= 3
+            study.tell(trial, 0.5)
+
+
+def test_space_overrides_fold_branch_names():
+    o = to_train_overrides({"backbone": "resnet50", "freeze_epochs_resnet50": 2,
+                            "augment": False, "learning_rate": 1e-3})
+    assert o["freeze_epochs"] == 2 and "freeze_epochs_resnet50" not in o
+    assert o["optimizer"] == "adamw"
+
+
+def test_gpu_memory_cap_splits_memory():
+    assert gpu_memory_cap_mb(81920, 4) == (81920 - 1024) // 4
+    assert gpu_memory_cap_mb(16384, 1) == 16384 - 1024
+    with pytest.raises(ValueError, match="cannot hold"):
+        gpu_memory_cap_mb(2048, 4)
+    with pytest.raises(ValueError, match="at least 1"):
+        gpu_memory_cap_mb(16384, 0)
+
+
+def test_default_trials_per_gpu_follows_memory():
+    assert default_trials_per_gpu(None) == 1
+    assert default_trials_per_gpu(8000) == 1
+    assert default_trials_per_gpu(24576) == 3
+    assert default_trials_per_gpu(81920) == 4
+
+
+def test_run_rejects_bad_flags(tmp_path, real_data):
+    out = subprocess.run([sys.executable, str(REPO / "search" / "run.py"), "--data",
+                          str(real_data), "--image-size", "32", "--backbones", "inception_v3",
+                          "--out", str(tmp_path / "o")], cwd=REPO, env=_env(tmp_path),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "inception_v3 needs at least 75 px" in out.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end
+
+
+@pytest.mark.slow
+def test_search_end_to_end_on_real_sample(tmp_path, real_data):
+    out = tmp_path / "run"
+    text = _run(["--trials", "6", "--data", str(real_data), "--max-epochs", "3",
+                 "--out", str(out), *SMALL], tmp_path)
+    trials = _trials(out)
+    assert len(trials) == 6
+    statuses = [t["status"] for t in trials]
+    assert "pruned" in statuses, statuses
+    assert all(s in ("completed", "pruned") for s in statuses), statuses
+    states = [t.state for t in _study(out).trials]
+    assert optuna.trial.TrialState.PRUNED in states
+    assert optuna.trial.TrialState.COMPLETE in states
+    pruned = [t for t in _study(out).trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert all(t.intermediate_values for t in pruned)  # the curve up to the stop is kept
+    metrics = json.loads((out / "best" / "metrics.json").read_text())
+    assert metrics["n"] == 40 and metrics["split"] == "validation"
+    for key in ("weighted_f1", "weighted_f1_ci95", "accuracy", "balanced_accuracy",
+                "sensitivity", "specificity", "precision", "roc_auc", "confusion_matrix",
+                "n_patients"):
+        assert key in metrics
+    assert (out / "best" / "model.keras").stat().st_size > 0
+    assert json.loads((out / "best" / "config.json").read_text())["val_fold"] is None
+    html = (out / "report.html").read_text()
+    assert html.count("<svg") >= 4 and "<script src" not in html
+    assert "trials 6:" in text  # the live view
+
+
+@pytest.mark.slow
+def test_search_records_failing_trials_and_completes(tmp_path, real_data):
+    out = tmp_path / "run"
+    _run(["--trials", "3", "--data", str(real_data), "--max-epochs", "2", "--out", str(out),
+          "--plugin", str(PLUGIN), "--max-failures", "0", "--no-final",
+          *[a if a != "small_cnn" else "broken_net,nan_net" for a in SMALL]], tmp_path)
+    trials = _trials(out)
+    assert len(trials) == 3
+    assert all(t["status"] == "failed" for t in trials), trials
+    errors = " ".join(t["error"] for t in trials)
+    for t in trials:
+        if t["param_backbone"] == "nan_net":
+            assert "FloatingPointError" in t["error"] and "loss became nan" in t["error"]
+        else:
+            assert "broken_net" in t["error"]
+    assert errors
+    assert all(t.state == optuna.trial.TrialState.FAIL for t in _study(out).trials)
+
+
+@pytest.mark.slow
+def test_search_resumes_after_driver_is_killed(tmp_path, real_data):
+    out = tmp_path / "run"
+    args = ["--trials", "5", "--data", str(real_data), "--max-epochs", "4", "--out", str(out),
+            "--no-final", *SMALL]
+    proc = _start(args, tmp_path, tmp_path / "first.log")
+    try:
+        deadline = time.monotonic() + 600
+        done_before: dict[str, int] = {}
+        while time.monotonic() < deadline and proc.poll() is None:
+            done_before = _finished_trials(out)
+            if len(done_before) >= 1 and _running_trials(out) >= 1:
+                break
+            time.sleep(1)
+        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+    finally:
+        _stop_group(proc)  # SIGKILL: the driver gets no chance to clean up
+    assert done_before, "no trial finished before the kill"
+    _run([*args, "--resume"], tmp_path)
+    trials = _trials(out)
+    assert len(trials) == 5
+    for path, n_results in done_before.items():  # finished trials were not trained again
+        assert _result_lines(Path(path)) == n_results
+
+
+def _trial_dirs(out: Path) -> list[Path]:
+    return sorted((out / "tune").glob("trial_*"))
+
+
+def _result_lines(trial_dir: Path) -> int:
+    f = trial_dir / "result.json"
+    return len(f.read_text().splitlines()) if f.exists() else 0
+
+
+def _finished_trials(out: Path) -> dict[str, int]:
+    done = {}
+    for d in _trial_dirs(out):
+        lines = (d / "result.json").read_text().splitlines() if (d / "result.json").exists() \
+            else []
+        if lines and json.loads(lines[-1]).get("done"):
+            done[str(d)] = len(lines)
+    return done
+
+
+def _running_trials(out: Path) -> int:
+    n = 0
+    for d in _trial_dirs(out):
+        lines = (d / "result.json").read_text().splitlines() if (d / "result.json").exists() \
+            else []
+        if lines and not json.loads(lines[-1]).get("done"):
+            n += 1
+    return n
+
+
+@pytest.mark.slow
+def test_single_gpu_mode_packs_trials_on_one_declared_gpu(tmp_path, real_data):
+    out = tmp_path / "run"
+    _run(["--trials", "3", "--data", str(real_data), "--max-epochs", "2", "--out", str(out),
+          "--no-final", "--trials-per-gpu", "3", "--num-gpus", "1",
+          *[a if a != "2" or i != SMALL.index("--num-cpus") + 1 else "3"
+            for i, a in enumerate(SMALL)]], tmp_path)
+    trials = _trials(out)
+    assert len(trials) == 3
+    spans = sorted((float(t["started_at"]), float(t["ended_at"])) for t in trials)
+    # all three ran at the same time: each started before any other ended
+    assert max(s for s, _ in spans) < min(e for _, e in spans), spans
