@@ -6,8 +6,8 @@ JavaScript, no network, no plotting library), so it opens anywhere, from any cop
 folder. Hovering a point or line shows its trial in a native tooltip (SVG ``<title>``).
 
 The objective is ``val_weighted_f1`` (the C-NMC 2019 challenge metric), maximised; a trial's
-score is its best epoch. Like Optuna's ``study.best_trial``, the best trial is chosen among
-completed trials only; pruned trials count only when none completed.
+score is its best epoch. The best trial is the search's (``search.final.best_trial``): the
+highest held-out score at any epoch, stopped trials included, as the final retrain uses.
 
 Both writers replace their file atomically, so a reader never sees a half-written file.
 """
@@ -390,10 +390,15 @@ def _scored(trials: Sequence[dict]) -> list[tuple[dict, float]]:
 
 
 def _best_trial(trials: Sequence[dict]) -> dict | None:
-    """The highest-scoring completed trial, else the highest-scoring trial, else None."""
+    """The search's best trial (see ``search.final.best_trial``), else the highest-scoring."""
+    from search.final import best_trial
+
+    if all(t.get("best_objective") is not None for t in trials if t.get("best_score") is not None):
+        found = best_trial(list(trials))
+        if found is not None:
+            return found
     scored = _scored(trials)
-    pool = [(t, s) for t, s in scored if t.get("status") == "completed"] or scored
-    return max(pool, key=lambda ts: ts[1])[0] if pool else None
+    return max(scored, key=lambda ts: ts[1])[0] if scored else None
 
 
 def _header(trials: Sequence[dict], command: str, settings: dict) -> str:
@@ -420,9 +425,8 @@ def _header(trials: Sequence[dict], command: str, settings: dict) -> str:
         parts.append(_note("No trial reported a score."))
     else:
         if best.get("status") != "completed":
-            parts.append(
-                _note("No trial completed; this is the best-scoring trial of any status.")
-            )
+            parts.append(_note(f"This trial was {_e(best.get('status'))}; its peak epoch "
+                               "still scored best, and the final retrain uses that epoch count."))
         parts.append(
             f"<p><b>{_e(best.get('trial_id'))}</b> #{_e(best.get('number'))} "
             f"{_badge(str(best.get('status')))}<br>{METRIC} "

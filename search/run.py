@@ -35,7 +35,7 @@ METRIC, MODE = "objective", "max"  # val_weighted_f1, ties broken by AUC (search
 SCORE = "val_weighted_f1"
 GPU_RESERVE_MB = 1024  # per GPU, left for the CUDA context and fragmentation
 GPU_MB_PER_TRIAL = 8192  # default packing: one trial per this much GPU memory, at most 4
-DEMO_PRESET = {"trials": 8, "max_epochs": 6, "image_size": 64, "grace_period": 1,
+DEMO_PRESET = {"trials": 20, "max_epochs": 10, "image_size": 64, "grace_period": 2,
                "backbones": "small_cnn,unet,mobilenet_v3_small"}
 FULL_DEFAULTS = {"trials": 64, "max_epochs": 20, "image_size": 224, "grace_period": 2,
                  "backbones": None}
@@ -197,9 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--store", help="an image store (path or s3:// / gs:// URI)")
     g.add_argument("--out", help="folder for everything the run writes (default runs/<time>)")
     g = p.add_argument_group("search")
-    g.add_argument("--trials", type=int, help="trials to run (64; demo data: 8)")
-    g.add_argument("--max-epochs", type=int, help="epoch budget = ASHA max_t (20; demo: 6)")
-    g.add_argument("--grace-period", type=int, help="ASHA grace period in epochs (2; demo: 1)")
+    g.add_argument("--trials", type=int, help="trials to run (64; demo data: 20)")
+    g.add_argument("--max-epochs", type=int, help="epoch budget = ASHA max_t (20; demo: 10)")
+    g.add_argument("--grace-period", type=int, help="ASHA grace period in epochs (2)")
     g.add_argument("--reduction-factor", type=int, default=3, help="ASHA reduction factor (3)")
     g.add_argument("--val-fold", type=int, default=0, help="training fold held out (0)")
     g.add_argument("--image-size", type=int, help="image side in px (224; demo: 64)")
@@ -412,11 +412,15 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     if v:
         ci = v.get("weighted_f1_ci95")
         ci_text = f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
+        rest = ", ".join(f"{k.replace('_', ' ')} {_fmt(v[k])}" for k in (
+            "accuracy", "balanced_accuracy", "sensitivity", "specificity", "roc_auc"))
         print(f"validation_data ({v['n']} images, {v['n_patients']} patients): weighted F1 "
-              f"{v['weighted_f1']:.4f}{ci_text}, accuracy {v['accuracy']:.4f}, "
-              f"sensitivity {v['sensitivity']}, specificity {v['specificity']}, "
-              f"ROC AUC {v['roc_auc']}")
+              f"{v['weighted_f1']:.4f}{ci_text}, {rest}")
     print(f"wrote {out}/trials.csv, study.db, best/, report.html")
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
 
 
 if __name__ == "__main__":
