@@ -41,12 +41,13 @@ def retrain_and_score(config_dict: dict[str, Any], store: str, settings: dict[st
     from leukemia.store import Store
     from leukemia.train import fit, save_model
     from search.cache import local_store
+    from search.resources import trial_gpu_cap
     from search.trainable import load_plugins
 
     load_plugins(settings.get("plugins") or [])
     config = TrainConfig.from_dict(config_dict)
     st = Store(local_store(store))
-    result = fit(config, st, gpu_memory_mb=settings.get("gpu_memory_mb"),
+    result = fit(config, st, gpu_memory_mb=trial_gpu_cap(settings.get("trials_per_gpu") or 0),
                  threads=settings.get("cpus_per_trial"))
     if result.status != "ok":
         raise FloatingPointError(f"final retrain (seed {config.seed}) diverged: loss not finite")

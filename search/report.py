@@ -44,6 +44,8 @@ TRIAL_COLUMNS = (
     "epochs_run",
     "error",
     "node_id",
+    "nodes",
+    "resumed_from_epoch",
     "started_at",
     "ended_at",
 )
@@ -105,9 +107,9 @@ def write_trials_csv(path: Path, trials: list[dict]) -> None:
     """Write one CSV row per trial, sorted by trial number, atomically.
 
     The columns are ``trial_id, number, status, best_score, best_epoch, epochs_run, error,
-    node_id, started_at, ended_at`` and then ``param_<name>`` for every parameter of any trial
-    (in first-seen order); a parameter a trial does not have (a conditional one) is blank, as
-    are None and NaN values.
+    node_id, nodes, resumed_from_epoch, started_at, ended_at`` and then ``param_<name>`` for
+    every parameter of any trial (in first-seen order); a parameter a trial does not have (a
+    conditional one) is blank, as are None and NaN values.
 
     Args:
         path: Destination file, e.g. ``runs/<name>/trials.csv``; its folder is created.

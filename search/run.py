@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,65 +32,10 @@ log = logging.getLogger("search")
 
 METRIC, MODE = "objective", "max"  # val_weighted_f1, ties broken by AUC (search/trainable.py)
 SCORE = "val_weighted_f1"
-GPU_RESERVE_MB = 1024  # per GPU, left for the CUDA context and fragmentation
-GPU_MB_PER_TRIAL = 8192  # default packing: one trial per this much GPU memory, at most 4
 DEMO_PRESET = {"trials": 20, "max_epochs": 10, "image_size": 64, "grace_period": 2,
                "backbones": "small_cnn,unet,mobilenet_v3_small"}
 FULL_DEFAULTS = {"trials": 64, "max_epochs": 20, "image_size": 224, "grace_period": 2,
                  "backbones": None}
-
-
-# ---------------------------------------------------------------------------------------------
-# Resources
-
-
-def gpu_memory_cap_mb(total_mb: int, trials_per_gpu: int, reserve_mb: int = GPU_RESERVE_MB
-                      ) -> int:
-    """TensorFlow memory cap for each of ``trials_per_gpu`` trials sharing a GPU of ``total_mb``.
-
-    Raises:
-        ValueError: if the GPU is too small to give each trial at least 512 MiB.
-    """
-    if trials_per_gpu < 1:
-        raise ValueError(f"trials_per_gpu={trials_per_gpu}: must be at least 1")
-    cap = (total_mb - reserve_mb) // trials_per_gpu
-    if cap < 512:
-        raise ValueError(f"a {total_mb} MiB GPU cannot hold {trials_per_gpu} trials "
-                         f"({cap} MiB each); lower --trials-per-gpu")
-    return int(cap)
-
-
-def default_trials_per_gpu(total_mb: int | None) -> int:
-    """Trials to pack on one GPU by default: one per 8 GiB of its memory, 1 to 4."""
-    if not total_mb:
-        return 1
-    return max(1, min(4, total_mb // GPU_MB_PER_TRIAL))
-
-
-def local_gpu_memory_mb() -> int | None:
-    """Total memory of this machine's first GPU (nvidia-smi), or None without one."""
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total",
-                              "--format=csv,noheader,nounits"], capture_output=True, text=True,
-                             timeout=20, check=True).stdout
-        return int(out.split()[0])
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return None
-
-
-def plan_resources(cluster: dict[str, float], args: argparse.Namespace
-                   ) -> tuple[dict[str, float], int, int | None]:
-    """Per-trial resources, the number of concurrent trials, and the per-trial GPU cap."""
-    gpus, cpus = int(cluster.get("GPU", 0)), int(cluster.get("CPU", 1))
-    if gpus and not args.cpu_only:
-        mem = local_gpu_memory_mb()
-        k = args.trials_per_gpu or default_trials_per_gpu(mem)
-        slots = gpus * k
-        per_trial = {"CPU": max(1, cpus // slots), "GPU": 1.0 / k}
-        cap = gpu_memory_cap_mb(mem, k) if (mem and k > 1) else None
-        return per_trial, slots, cap
-    cpt = max(1, args.cpus_per_trial)
-    return {"CPU": cpt}, max(1, cpus // cpt), None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,10 +108,32 @@ def collect_trials(results: Any, max_t: int) -> list[dict[str, Any]]:
             "error": _short_error(r.error) if r.error else None, "history": history,
             "best_score": best[0], "best_epoch": best[1], "epochs_run": epochs,
             "best_objective": top[0] if top else None,
-            "node_id": last.get("node_id"), "started_at": last.get("trial_started_at"),
+            "node_id": last.get("node_id"), "pid": last.get("pid"),
+            "nodes": list(dict.fromkeys(h["node_id"] for h in history if h.get("node_id"))),
+            "resumed_from_epoch": max((h.get("resumed_from_epoch") or 0 for h in history),
+                                      default=0),
+            "store_reads_in_process": last.get("store_reads_in_process"),
+            "started_at": last.get("trial_started_at"),
             "ended_at": last.get("reported_at"), "path": r.path,
         })
     return sorted(trials, key=lambda t: t["number"])
+
+
+def node_summary(trials: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per node: trials that ran there, worker processes, and store reads (all processes)."""
+    nodes: dict[str, dict[str, Any]] = {}
+    for t in trials:
+        for h in t["history"]:
+            node = h.get("node_id")
+            if not node:
+                continue
+            n = nodes.setdefault(node, {"trials": set(), "reads": {}})
+            n["trials"].add(t["trial_id"])
+            pid = h.get("pid")
+            reads = int(h.get("store_reads_in_process") or 0)
+            n["reads"][pid] = max(n["reads"].get(pid, 0), reads)
+    return {node: {"trials": len(n["trials"]), "worker_processes": len(n["reads"]),
+                   "store_reads": sum(n["reads"].values())} for node, n in nodes.items()}
 
 
 def _clean(v: Any) -> Any:
@@ -221,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-gpus", type=int, help="local Ray only: GPUs to declare")
     g.add_argument("--trials-per-gpu", type=int, help="trials sharing one GPU (default from "
                    "its memory: one per 8 GiB, at most 4)")
+    g.add_argument("--gpus", type=int, help="GPUs to plan concurrency for (default: those the "
+                   "cluster has now; set it on an autoscaling cluster that starts without GPUs)")
     g.add_argument("--cpus-per-trial", type=int, default=1, help="CPU-only trials (1)")
     g.add_argument("--cpu-only", action="store_true", help="ignore GPUs")
     g.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=None,
@@ -289,17 +257,25 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     from ray.tune.schedulers import ASHAScheduler
 
     from search import final as final_mod
+    from search.cache import cache_root, is_remote
+    from search.resources import plan_resources
     from search.searcher import FidelityAwareOptunaSearch, LiveView
     from search.space import define_space
     from search.trainable import train_trial
 
-    out = Path(args.out).expanduser().resolve()
-    exp_dir = out / "tune"
-    if exp_dir.exists() and not args.resume:
-        raise FileExistsError(f"{out} already holds a search; pass --resume to continue it or "
-                              "choose another --out")
-    if args.resume and not exp_dir.exists():
-        raise FileNotFoundError(f"--resume: {out} holds no search to continue")
+    remote = is_remote(args.out)
+    # Ray writes trial checkpoints straight to --out (a URI or shared path); the study (SQLite),
+    # trials.csv, best/ and the report are written locally and uploaded at the end.
+    out = (cache_root() / "runs" / args.out.split("://", 1)[1].replace("/", "_") if remote
+           else Path(args.out).expanduser().resolve())
+    storage = args.out.rstrip("/") if remote else str(out)
+    exp_uri = f"{storage}/tune"
+    exists = tune.Tuner.can_restore(exp_uri) if remote else (out / "tune").exists()
+    if exists and not args.resume:
+        raise FileExistsError(f"{args.out} already holds a search; pass --resume to continue "
+                              "it or choose another --out")
+    if args.resume and not exists:
+        raise FileNotFoundError(f"--resume: {args.out} holds no search to continue")
     out.mkdir(parents=True, exist_ok=True)
     command = " ".join(shlex.quote(a) for a in [sys.executable, "search/run.py", *argv])
     if not args.resume:
@@ -313,20 +289,26 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
              num_gpus=None if args.address else args.num_gpus, include_dashboard=False,
              log_to_driver=args.verbose, configure_logging=True,
              logging_level=logging.INFO if args.verbose else logging.ERROR)
-    per_trial, slots, gpu_cap = plan_resources(ray.cluster_resources(), args)
+    per_trial, slots, per_gpu = plan_resources(ray.cluster_resources(), args)
+    hosts = {n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}
+    if len(hosts) > 1 and not remote:
+        print(f"warning: this cluster spans {len(hosts)} machines but --out {args.out} is a "
+              "local path: every node writes trial checkpoints there, so it must be a shared "
+              "filesystem (NFS/EFS) mounted at the same path on all nodes, or an s3:// / gs:// "
+              "URI; otherwise trials fail when they checkpoint", file=sys.stderr)
     use_gpu = per_trial.get("GPU", 0) > 0
     mixed = use_gpu if args.mixed_precision is None else args.mixed_precision
     settings = {
         "store": store, "image_size": args.image_size, "batch_size": args.batch_size,
         "max_epochs": args.max_epochs, "weights": args.weights, "val_fold": args.val_fold,
-        "seed": args.seed, "mixed_precision": mixed, "gpu_memory_mb": gpu_cap,
+        "seed": args.seed, "mixed_precision": mixed, "trials_per_gpu": per_gpu,
         "cpus_per_trial": int(per_trial["CPU"]),
         "plugins": [str(Path(p).resolve()) for p in args.plugin],
     }
     print(f"search: {args.trials} trials of {','.join(args.backbone_list)} at "
           f"{args.image_size} px, up to {args.max_epochs} epochs (ASHA grace "
           f"{args.grace_period}, factor {args.reduction_factor}); {slots} at a time with "
-          f"{per_trial} each{f', GPU cap {gpu_cap} MiB' if gpu_cap else ''}; out: {out}",
+          f"{per_trial} each; out: {out}",
           file=sys.stderr)
 
     trainable = tune.with_resources(
@@ -334,7 +316,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         {k.lower(): v for k, v in per_trial.items()})
     view = LiveView(METRIC, args.max_epochs, args.trials, score=SCORE)
     if args.resume:
-        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(exp_uri, trainable=trainable, resume_errored=True)
     else:
         space = functools.partial(define_space, backbones=args.backbone_list,
                                   weights=args.weights, max_epochs=args.max_epochs)
@@ -353,7 +335,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                                         reduction_factor=args.reduction_factor),
                 trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
             run_config=tune.RunConfig(
-                name="tune", storage_path=str(out), verbose=1 if args.verbose else 0,
+                name="tune", storage_path=storage, verbose=1 if args.verbose else 0,
                 callbacks=[view],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 failure_config=tune.FailureConfig(max_failures=args.max_failures)))
@@ -381,7 +363,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                "best_trial": best["trial_id"] if best else None,
                "best_val_fold_weighted_f1": best["best_score"] if best else None,
                "best_epoch": best["best_epoch"] if best else None,
-               "validation": final["metrics"] if final else None}
+               "validation": final["metrics"] if final else None,
+               "nodes": node_summary(trials)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     shown = {"trials": args.trials, "max_epochs (ASHA max_t)": args.max_epochs,
              "grace_period": args.grace_period, "reduction_factor": args.reduction_factor,
@@ -396,11 +379,29 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                         command=(out / "command.txt").read_text().strip(), settings=shown,
                         max_t=args.max_epochs)
     ray.shutdown()
-    _print_summary(summary, out)
+    if remote:
+        _upload(out, args.out)
+    _print_summary(summary, out if not remote else args.out)
     return 0
 
 
-def _print_summary(summary: dict[str, Any], out: Path) -> None:
+def _upload(local: Path, uri: str) -> None:
+    """Copy the run's local artefacts (not tune/, already there) to ``uri``."""
+    import pyarrow.fs as pafs
+
+    fs, base = pafs.FileSystem.from_uri(uri)
+    for item in sorted(local.iterdir()):
+        if item.name == "tune":
+            continue
+        dest = f"{base.rstrip('/')}/{item.name}"
+        if item.is_dir():
+            fs.create_dir(dest, recursive=True)
+        pafs.copy_files(str(item), dest, source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=fs)
+    print(f"uploaded trials.csv, study.db, best/, report.html to {uri}", file=sys.stderr)
+
+
+def _print_summary(summary: dict[str, Any], out: Path | str) -> None:
     c = summary["trial_counts"]
     print(f"\ndone in {summary['total_seconds']:.0f} s: {c['completed']} completed, "
           f"{c['pruned']} stopped by ASHA, {c['failed']} failed; trial-epochs "

@@ -25,6 +25,7 @@ STATE_FILE = "state.json"
 MODEL_FILE = "model.keras"
 _DATA: dict[tuple[str, int | None], Any] = {}  # (store checksum, val_fold) -> (train, val)
 _PLUGINS: set[str] = set()
+_STORE_READS = 0  # how many times this process read the store (reported with every result)
 # The search's objective: the held-out fold's weighted F1 (the C-NMC metric), ties broken by ROC
 # AUC. On small folds an untrained model predicts one class and many trials tie at the same F1
 # (0.333 on a balanced fold), which leaves ASHA nothing to rank; 1e-4 x AUC orders them without
@@ -56,6 +57,7 @@ def _data(store_uri: str, val_fold: int | None) -> Any:
     from leukemia.train import load_split
     from search.cache import local_store
 
+    global _STORE_READS
     store = Store(local_store(store_uri))
     key = (store.checksum, val_fold)
     if key not in _DATA:
@@ -63,6 +65,7 @@ def _data(store_uri: str, val_fold: int | None) -> Any:
         from leukemia.config import TrainConfig
 
         _DATA[key] = load_split(store, TrainConfig(val_fold=val_fold))
+        _STORE_READS += 1
     return _DATA[key]
 
 
@@ -91,6 +94,7 @@ def train_trial(params: dict[str, Any], settings: dict[str, Any]) -> None:
     from leukemia.config import TrainConfig
     from leukemia.models import load_model
     from leukemia.train import fit, save_model
+    from search.resources import trial_gpu_cap
     from search.space import to_train_overrides
 
     load_plugins(settings.get("plugins") or [])
@@ -117,12 +121,13 @@ def train_trial(params: dict[str, Any], settings: dict[str, Any]) -> None:
             save_model(model, Path(d) / MODEL_FILE)
             (Path(d) / STATE_FILE).write_text(json.dumps({"epoch": epoch}))
             tune.report({**_numeric(metrics), OBJECTIVE: objective(metrics), "node_id": node,
-                         "pid": os.getpid(), "trial_started_at": started,
+                         "pid": os.getpid(), "store_reads_in_process": _STORE_READS,
+                         "trial_started_at": started,
                          "reported_at": time.time(), "resumed_from_epoch": start},
                         checkpoint=tune.Checkpoint.from_directory(d))
 
     result = fit(config, data, [report], model=model, initial_epoch=start,
-                 gpu_memory_mb=settings.get("gpu_memory_mb"),
+                 gpu_memory_mb=trial_gpu_cap(settings.get("trials_per_gpu") or 0),
                  threads=settings.get("cpus_per_trial"))
     if result.status == "nan":
         last = result.history[-1] if result.history else {}

@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search.run import default_trials_per_gpu, gpu_memory_cap_mb
+from search.resources import default_trials_per_gpu, gpu_memory_cap_mb
 from search.space import define_space, to_train_overrides
 
 REPO = Path(__file__).resolve().parents[1]
