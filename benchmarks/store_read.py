@@ -23,6 +23,7 @@ Run from the repository root (a fresh clone with the dependencies installed)::
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -33,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "cnmc-real"
+DEFAULT_DATA = Path(os.environ.get("CNMC_REAL_DATA",
+                                   REPO.parent / "shared" / "data" / "cnmc-real"))
 
 
 def read_per_file(paths: list[str], size: int) -> np.ndarray:

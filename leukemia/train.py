@@ -199,6 +199,7 @@ def fit(config: TrainConfig, store: Store | str | tuple[Selection, Selection | N
 
     history: list[dict[str, Any]] = []
     status = "ok"
+    first_step = _FirstStep()
     for epoch in range(initial_epoch + 1, config.epochs + 1):
         if config.freeze_epochs and epoch == config.freeze_epochs + 1:
             # unfreeze: fine-tune everything at a tenth of the rate, as transfer learning does
@@ -207,13 +208,16 @@ def fit(config: TrainConfig, store: Store | str | tuple[Selection, Selection | N
         t0 = time.monotonic()
         h = model.fit(train_ds, epochs=epoch, initial_epoch=epoch - 1, class_weight=cw,
                       shuffle=False,  # tf.data shuffles (seeded); silences a Keras warning
-                      callbacks=[keras.callbacks.TerminateOnNaN()], verbose=verbose)
+                      callbacks=[keras.callbacks.TerminateOnNaN(), first_step],
+                      verbose=verbose)
         logs = {k: float(v[-1]) for k, v in h.history.items()}
         row: dict[str, Any] = {"epoch": epoch, "loss": logs.get("loss", math.nan),
                                "accuracy": logs.get("accuracy", math.nan),
                                "train_seconds": round(time.monotonic() - t0, 3),
                                "train_images_per_s": round(len(train) / (time.monotonic() - t0),
                                                            1)}
+        if first_step.at is not None and not history:
+            row["first_step_at"] = first_step.at  # wall clock: trial overhead benchmarks
         if not math.isfinite(row["loss"]) or model.stop_training:
             status = "nan"
             row["status"] = status
@@ -234,6 +238,22 @@ def fit(config: TrainConfig, store: Store | str | tuple[Selection, Selection | N
         final = M.binary_metrics(val.labels, p, val.patient_ids, seed=config.seed)
     return FitResult(status=status, history=history, model=model, class_weight=cw,
                      metrics=final)
+
+
+class _FirstStep:
+    """Keras callback noting the wall-clock time the first training step began."""
+
+    def __new__(cls) -> Any:
+        import keras
+
+        class FirstStep(keras.callbacks.Callback):
+            at: float | None = None
+
+            def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+                if self.at is None:
+                    self.at = time.time()
+
+        return FirstStep()
 
 
 def _has_gpu() -> bool:

@@ -115,6 +115,9 @@ def collect_trials(results: Any, max_t: int) -> list[dict[str, Any]]:
             "store_reads_in_process": last.get("store_reads_in_process"),
             "started_at": last.get("trial_started_at"),
             "ended_at": last.get("reported_at"), "path": r.path,
+            "first_step_at": next((h["first_step_at"] for h in history
+                                   if h.get("first_step_at")), None),
+            "train_seconds": sum(h.get("train_seconds") or 0 for h in history),
         })
     return sorted(trials, key=lambda t: t["number"])
 
@@ -195,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="float16 compute on GPUs (default: on when GPUs are used)")
     g = p.add_argument_group("run")
     g.add_argument("--resume", action="store_true", help="continue the search in --out")
+    g.add_argument("--no-reuse-actors", action="store_true",
+                   help="a fresh worker process per trial (slower; for benchmarks)")
+    g.add_argument("--max-concurrent", type=int,
+                   help="at most this many trials at once (default: what the resources allow)")
     g.add_argument("--max-failures", type=int, default=1,
                    help="retries of a failed trial from its last checkpoint (1)")
     g.add_argument("-v", "--verbose", action="store_true", help="Ray's and the workers' logs")
@@ -290,6 +297,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
              log_to_driver=args.verbose, configure_logging=True,
              logging_level=logging.INFO if args.verbose else logging.ERROR)
     per_trial, slots, per_gpu = plan_resources(ray.cluster_resources(), args)
+    slots = min(slots, args.max_concurrent or slots)
     hosts = {n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}
     if len(hosts) > 1 and not remote:
         print(f"warning: this cluster spans {len(hosts)} machines but --out {args.out} is a "
@@ -329,7 +337,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             trainable,
             tune_config=tune.TuneConfig(
                 metric=METRIC, mode=MODE, search_alg=searcher, num_samples=args.trials,
-                max_concurrent_trials=slots, reuse_actors=True,
+                max_concurrent_trials=slots, reuse_actors=not args.no_reuse_actors,
                 scheduler=ASHAScheduler(time_attr="training_iteration", max_t=args.max_epochs,
                                         grace_period=args.grace_period,
                                         reduction_factor=args.reduction_factor),
@@ -339,7 +347,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                 callbacks=[view],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 failure_config=tune.FailureConfig(max_failures=args.max_failures)))
+    t_fit = time.monotonic()
     results = tuner.fit()
+    tune_seconds = time.monotonic() - t_fit
     search_seconds = time.monotonic() - t0
     trials = collect_trials(results, args.max_epochs)
     from search import report
@@ -356,7 +366,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     study = optuna.load_study(study_name="cnmc-search", storage=f"sqlite:///{out / 'study.db'}")
     counts = {s: sum(t["status"] == s for t in trials) for s in ("completed", "pruned", "failed")}
     trial_epochs = sum(t["epochs_run"] for t in trials)
-    summary = {"search_seconds": round(search_seconds, 1),
+    summary = {"search_seconds": round(search_seconds, 1), "tune_seconds": round(tune_seconds, 1),
+               "concurrent_trials": slots,
                "total_seconds": round(time.monotonic() - t0, 1), "trial_counts": counts,
                "trial_epochs": trial_epochs,
                "trial_epochs_full_budget": len(trials) * args.max_epochs,

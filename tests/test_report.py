@@ -165,7 +165,7 @@ def test_write_trials_csv_one_row_per_trial_with_param_columns(tmp_path: Path) -
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["number"] for r in rows] == ["0", "1", "2", "3", "4", "5", "6"]
-    assert list(rows[0])[:10] == [
+    assert list(rows[0])[:12] == [
         "trial_id",
         "number",
         "status",
@@ -174,6 +174,8 @@ def test_write_trials_csv_one_row_per_trial_with_param_columns(tmp_path: Path) -
         "epochs_run",
         "error",
         "node_id",
+        "nodes",
+        "resumed_from_epoch",
         "started_at",
         "ended_at",
     ]
