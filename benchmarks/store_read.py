@@ -6,7 +6,7 @@ this script
 1. ingests them into a temporary store at ``--size`` px and prints the ingest rate;
 2. times (a) reading every source BMP one file at a time with ``cv2.imread`` + ``cv2.resize``
    to ``--size`` (colour converted to RGB, into one preallocated uint8 batch), and
-   (b) ``Store(...).load()`` of both splits into one numpy batch of the same shape;
+   (b) ``Store(...).load(None)``: every image of both splits in one numpy batch of that shape;
 3. repeats each reader ``--repeat`` times after one untimed warm-up call (imports; the page
    cache is warm for both after the ingest), prints the best and median rates and, last,
    ``ratio: X`` = store rate / per-file rate (medians).
@@ -53,13 +53,10 @@ def read_per_file(paths: list[str], size: int) -> np.ndarray:
 
 
 def read_store(uri: str) -> np.ndarray:
-    """Open the store and load both splits into one (n, size, size, 3) batch."""
+    """Open the store and load every image (both splits) into one (n, size, size, 3) batch."""
     from leukemia.store import Store
 
-    store = Store(uri)
-    parts = [store.load(split).images for split in ("training", "validation")
-             if store.manifest["splits"].get(split)]
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return Store(uri).load(None).images
 
 
 def time_reader(fn: Callable[[], np.ndarray], repeat: int) -> tuple[list[float], np.ndarray]:

@@ -43,6 +43,8 @@ SCHEMA_VERSION = 1
 DATA_FILE = "images.parquet"
 MANIFEST = "manifest.json"
 ROW_GROUP = 128  # rows per Parquet row group: small enough to skip unselected folds cheaply
+# zstd level 1: decodes ~15% faster than level 3 here (7.3 vs 8.5 ms for 240 images at 128 px)
+# for files ~14% larger; LZ4 decodes 2x faster but makes files 37% larger than zstd-3.
 _META = ("image_id", "split", "fold", "patient_id", "label", "original_name")
 
 
@@ -76,8 +78,15 @@ def crop_to_cell(img: np.ndarray, threshold: int = 10, margin: float = 0.05) -> 
     return out
 
 
-def decode_image(path: str, size: int, crop: bool = True) -> tuple[np.ndarray, int, int]:
+def decode_image(path: str, size: int, crop: bool = True,
+                 raw: bytes | None = None) -> tuple[np.ndarray, int, int]:
     """Read one image file as RGB uint8, crop to the cell, resize to ``size``.
+
+    Args:
+        path: the image file.
+        size: output side in px.
+        crop: crop to the cell's bounding square first.
+        raw: the file's bytes, if already read.
 
     Returns:
         ``(pixels, source_height, source_width)``.
@@ -87,7 +96,7 @@ def decode_image(path: str, size: int, crop: bool = True) -> tuple[np.ndarray, i
     """
     import cv2  # heavy import kept out of module import time
 
-    data = np.fromfile(path, dtype=np.uint8)
+    data = np.frombuffer(raw, np.uint8) if raw is not None else np.fromfile(path, np.uint8)
     img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if img is None:
         raise ValueError("not a readable image (truncated, corrupt or not an image file)")
@@ -106,7 +115,7 @@ def _decode_task(args: tuple[str, int, bool]) -> tuple[str | None, bytes, int, i
     try:
         raw = Path(path).read_bytes()
         sha = hashlib.sha256(raw).hexdigest()
-        pixels, h, w = decode_image(path, size, crop)
+        pixels, h, w = decode_image(path, size, crop, raw=raw)
         return None, pixels.tobytes(), h, w, sha
     except (OSError, ValueError) as e:
         return f"{path}: {e}", b"", 0, 0, ""
@@ -278,7 +287,7 @@ def ingest(data_dir: str | Path, store: str, *, size: int = 224, workers: int | 
         schema = _schema(size)
         checksum = hashlib.sha256(f"v{SCHEMA_VERSION}:{size}:{crop}".encode())
         with fs.open_output_stream(f"{tmp}/{DATA_FILE}") as sink, \
-                pq.ParquetWriter(sink, schema, compression="zstd", compression_level=3) as writer:
+                pq.ParquetWriter(sink, schema, compression="zstd", compression_level=1) as writer:
             for start in range(0, len(keep), ROW_GROUP):
                 part = keep[start:start + ROW_GROUP]
                 cols: dict[str, list] = {k: [] for k in schema.names}
@@ -407,23 +416,25 @@ class Store:
     def checksum(self) -> str:
         return str(self.manifest["content_checksum"])
 
-    def load(self, split: str = dataset.TRAINING, folds: Sequence[int] | None = None) -> Selection:
+    def load(self, split: str | None = dataset.TRAINING,
+             folds: Sequence[int] | None = None) -> Selection:
         """Load a split (and, for training, some folds) into numpy arrays.
 
         Args:
-            split: ``"training"`` or ``"validation"``.
+            split: ``"training"``, ``"validation"``, or None for every image in the store.
             folds: training folds to keep (default: all).
 
         Raises:
             StoreError: the selection is empty.
         """
-        if split not in (dataset.TRAINING, dataset.VALIDATION):
-            raise ValueError(f"split={split!r}: expected 'training' or 'validation'")
-        filters: list[tuple[str, str, Any]] = [("split", "=", split)]
+        if split not in (dataset.TRAINING, dataset.VALIDATION, None):
+            raise ValueError(f"split={split!r}: expected 'training', 'validation' or None")
+        filters: list[tuple[str, str, Any]] = [("split", "=", split)] if split else []
         if folds is not None:
             filters.append(("fold", "in", [int(f) for f in folds]))
         with self.fs.open_input_file(f"{self.path}/{DATA_FILE}") as fh:
-            table = pq.read_table(fh, filters=filters, columns=[*_META, "image"])
+            # rows are ordered by split and fold, so row-group statistics skip the rest
+            table = pq.read_table(fh, filters=filters or None, columns=[*_META, "image"])
         if table.num_rows == 0:
             raise StoreError(f"{self.uri}: no images with split={split!r} folds={folds}; "
                              f"the store has {self.manifest['splits']} and folds "
