@@ -278,8 +278,8 @@ def ingest(data_dir: str | Path, store: str, *, size: int = 224, workers: int | 
     records = [r for r, _ in keep]
     shas = [res[4] for _, res in keep]
     warnings = _duplicates(records, shas)
-    for w in warnings:
-        log.warning(w)
+    for msg in warnings:
+        log.warning(msg)
 
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     fs.create_dir(tmp, recursive=True)
@@ -311,7 +311,7 @@ def ingest(data_dir: str | Path, store: str, *, size: int = 224, workers: int | 
             "n_images": len(records),
             **_counts(records),
             "missing_validation": len(scanned.missing_validation),
-            "skipped_bad_files": [b for b in bad],
+            "skipped_bad_files": bad,
             "duplicate_warnings": warnings,
             "notes": scanned.notes,
             "content_checksum": checksum.hexdigest(),

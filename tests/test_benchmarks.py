@@ -17,6 +17,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 HEADLINES = {
     "store_read.py": r"^ratio: \d+(\.\d+)?$",
+    "backbones.py": r"^ratio: \d+(\.\d+)?$",
     "ingest.py": r"^ratio: \d+(\.\d+)?$",
     "trial_overhead.py": r"^ratio: \d+(\.\d+)?$",
     "asha.py": r"^score_gap: -?\d+(\.\d+)?$",

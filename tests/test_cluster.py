@@ -8,19 +8,15 @@ subprocess, and shut down only what they started.
 from __future__ import annotations
 
 import copy
-import csv
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from searchrun import REPO, finish, start
+from searchrun import trials as read_trials
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ["cluster.yaml", "cluster-onprem.yaml"]
 SMALL = ["--image-size", "32", "--batch-size", "8", "--backbones", "small_cnn",
          "--reduction-factor", "2", "--grace-period", "1", "--no-final"]
@@ -82,46 +78,14 @@ def two_node_cluster():
         cluster.shutdown()
 
 
-def _env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ, CNMC_CACHE=str(tmp_path / "cache"), TF_CPP_MIN_LOG_LEVEL="2",
-               PYTHONUNBUFFERED="1")
-    env.pop("RAY_ADDRESS", None)
-    return env
-
-
-def _start(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen, Path]:
-    log = tmp_path / "run.log"
-    proc = subprocess.Popen([sys.executable, str(REPO / "search" / "run.py"), *args], cwd=REPO,
-                            env=_env(tmp_path), stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    return proc, log
-
-
-def _finish(proc: subprocess.Popen, log: Path, timeout: float = 900) -> str:
-    try:
-        proc.wait(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    text = log.read_text()
-    assert proc.returncode == 0, text[-4000:]
-    return text
-
-
-def _trials(out: Path) -> list[dict[str, str]]:
-    with open(out / "trials.csv") as fh:
-        return list(csv.DictReader(fh))
-
-
 @pytest.mark.slow
 def test_search_spreads_trials_over_nodes(two_node_cluster, tmp_path, real_store):
     cluster, worker = two_node_cluster
     out = tmp_path / "run"
-    proc, log = _start(["--address", cluster.address, "--store", real_store, "--trials", "4",
+    proc = start(["--address", cluster.address, "--store", real_store, "--trials", "4",
                         "--max-epochs", "2", "--out", str(out), *SMALL], tmp_path)
-    _finish(proc, log)
-    trials = _trials(out)
+    finish(proc)
+    trials = read_trials(out)
     assert len(trials) == 4
     nodes = {t["node_id"] for t in trials}
     assert len(nodes) == 2, nodes  # trials ran on the head and on the worker
@@ -151,7 +115,7 @@ def test_search_survives_a_killed_worker_node(two_node_cluster, tmp_path, real_s
     out = tmp_path / "run"
     # no early stopping (grace period = budget): every trial runs long enough to be caught
     args = [a if a != "1" else "8" for a in SMALL]  # --grace-period 8
-    proc, log = _start(["--address", cluster.address, "--store", real_store, "--trials", "4",
+    proc = start(["--address", cluster.address, "--store", real_store, "--trials", "4",
                         "--max-epochs", "8", "--max-failures", "2", "--out", str(out), *args],
                        tmp_path)
     deadline = time.monotonic() + 600
@@ -159,10 +123,10 @@ def test_search_survives_a_killed_worker_node(two_node_cluster, tmp_path, real_s
         if _running_on(out, worker.node_id):
             break
         time.sleep(0.2)
-    assert proc.poll() is None, log.read_text()[-3000:]
+    assert proc.poll() is None, proc.log.read_text()[-3000:]
     cluster.remove_node(worker, allow_graceful=False)  # the node dies mid-trial
-    _finish(proc, log)
-    trials = _trials(out)
+    finish(proc)
+    trials = read_trials(out)
     assert len(trials) == 4  # every trial accounted for
     for t in trials:
         assert t["status"] in ("completed", "pruned", "failed"), t

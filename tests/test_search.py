@@ -6,10 +6,7 @@ stops only the processes that run started.
 
 from __future__ import annotations
 
-import csv
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,53 +14,15 @@ from pathlib import Path
 
 import optuna
 import pytest
+from searchrun import REPO, env, run, start, stop_group
+from searchrun import trials as read_trials
 
 from search.resources import default_trials_per_gpu, gpu_memory_cap_mb
 from search.space import define_space, to_train_overrides
 
-REPO = Path(__file__).resolve().parents[1]
 PLUGIN = Path(__file__).parent / "plugins" / "faulty_backbones.py"
 SMALL = ["--image-size", "32", "--batch-size", "8", "--backbones", "small_cnn",
          "--reduction-factor", "2", "--grace-period", "1", "--num-cpus", "2"]
-
-
-def _env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ, CNMC_CACHE=str(tmp_path / "cache"), TF_CPP_MIN_LOG_LEVEL="2",
-               PYTHONUNBUFFERED="1")
-    env.pop("RAY_ADDRESS", None)
-    return env
-
-
-def _start(args: list[str], tmp_path: Path, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(REPO / "search" / "run.py"), *args],
-                            cwd=REPO, env=_env(tmp_path), stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _stop_group(proc: subprocess.Popen) -> None:
-    """Kill what the run started (its own process group), nothing else."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=60)
-
-
-def _run(args: list[str], tmp_path: Path, timeout: float = 900) -> str:
-    log = tmp_path / f"run-{time.monotonic_ns()}.log"
-    proc = _start(args, tmp_path, log)
-    try:
-        proc.wait(timeout=timeout)
-    finally:
-        _stop_group(proc)
-    text = log.read_text()
-    assert proc.returncode == 0, text[-4000:]
-    return text
-
-
-def _trials(out: Path) -> list[dict[str, str]]:
-    with open(out / "trials.csv") as fh:
-        return list(csv.DictReader(fh))
 
 
 def _study(out: Path) -> optuna.Study:
@@ -121,7 +80,7 @@ def test_default_trials_per_gpu_follows_memory():
 def test_run_rejects_bad_flags(tmp_path, real_data):
     out = subprocess.run([sys.executable, str(REPO / "search" / "run.py"), "--data",
                           str(real_data), "--image-size", "32", "--backbones", "inception_v3",
-                          "--out", str(tmp_path / "o")], cwd=REPO, env=_env(tmp_path),
+                          "--out", str(tmp_path / "o")], cwd=REPO, env=env(tmp_path),
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "inception_v3 needs at least 75 px" in out.stderr
@@ -134,9 +93,9 @@ def test_run_rejects_bad_flags(tmp_path, real_data):
 @pytest.mark.slow
 def test_search_end_to_end_on_real_sample(tmp_path, real_data):
     out = tmp_path / "run"
-    text = _run(["--trials", "6", "--data", str(real_data), "--max-epochs", "3",
+    text = run(["--trials", "6", "--data", str(real_data), "--max-epochs", "3",
                  "--out", str(out), *SMALL], tmp_path)
-    trials = _trials(out)
+    trials = read_trials(out)
     assert len(trials) == 6
     statuses = [t["status"] for t in trials]
     assert "pruned" in statuses, statuses
@@ -162,10 +121,10 @@ def test_search_end_to_end_on_real_sample(tmp_path, real_data):
 @pytest.mark.slow
 def test_search_records_failing_trials_and_completes(tmp_path, real_data):
     out = tmp_path / "run"
-    _run(["--trials", "3", "--data", str(real_data), "--max-epochs", "2", "--out", str(out),
+    run(["--trials", "3", "--data", str(real_data), "--max-epochs", "2", "--out", str(out),
           "--plugin", str(PLUGIN), "--max-failures", "0", "--no-final",
           *[a if a != "small_cnn" else "broken_net,nan_net" for a in SMALL]], tmp_path)
-    trials = _trials(out)
+    trials = read_trials(out)
     assert len(trials) == 3
     assert all(t["status"] == "failed" for t in trials), trials
     errors = " ".join(t["error"] for t in trials)
@@ -183,7 +142,7 @@ def test_search_resumes_after_driver_is_killed(tmp_path, real_data):
     out = tmp_path / "run"
     args = ["--trials", "5", "--data", str(real_data), "--max-epochs", "4", "--out", str(out),
             "--no-final", *SMALL]
-    proc = _start(args, tmp_path, tmp_path / "first.log")
+    proc = start(args, tmp_path, tmp_path / "first.log")
     try:
         deadline = time.monotonic() + 600
         done_before: dict[str, int] = {}
@@ -192,12 +151,12 @@ def test_search_resumes_after_driver_is_killed(tmp_path, real_data):
             if len(done_before) >= 1 and _running_trials(out) >= 1:
                 break
             time.sleep(1)
-        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        assert proc.poll() is None, proc.log.read_text()[-3000:]
     finally:
-        _stop_group(proc)  # SIGKILL: the driver gets no chance to clean up
+        stop_group(proc)  # SIGKILL: the driver gets no chance to clean up
     assert done_before, "no trial finished before the kill"
-    _run([*args, "--resume"], tmp_path)
-    trials = _trials(out)
+    run([*args, "--resume"], tmp_path)
+    trials = read_trials(out)
     assert len(trials) == 5
     for path, n_results in done_before.items():  # finished trials were not trained again
         assert _result_lines(Path(path)) == n_results
@@ -235,11 +194,11 @@ def _running_trials(out: Path) -> int:
 @pytest.mark.slow
 def test_single_gpu_mode_packs_trials_on_one_declared_gpu(tmp_path, real_data):
     out = tmp_path / "run"
-    _run(["--trials", "3", "--data", str(real_data), "--max-epochs", "2", "--out", str(out),
+    run(["--trials", "3", "--data", str(real_data), "--max-epochs", "2", "--out", str(out),
           "--no-final", "--trials-per-gpu", "3", "--num-gpus", "1",
           *[a if a != "2" or i != SMALL.index("--num-cpus") + 1 else "3"
             for i, a in enumerate(SMALL)]], tmp_path)
-    trials = _trials(out)
+    trials = read_trials(out)
     assert len(trials) == 3
     spans = sorted((float(t["started_at"]), float(t["ended_at"])) for t in trials)
     # all three ran at the same time: each started before any other ended
