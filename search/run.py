@@ -216,9 +216,16 @@ def apply_defaults(args: argparse.Namespace) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.backbones is None:
+        from leukemia.models import backbone_spec
         from search.space import DEFAULT_BACKBONES
 
-        args.backbones = ",".join(DEFAULT_BACKBONES)
+        fits = [b for b in DEFAULT_BACKBONES if args.image_size >= backbone_spec(b).min_size
+                and args.image_size % backbone_spec(b).multiple_of == 0]
+        if len(fits) < len(DEFAULT_BACKBONES):
+            print(f"at {args.image_size} px the search leaves out "
+                  f"{', '.join(b for b in DEFAULT_BACKBONES if b not in fits)} (input too "
+                  "small or not a legal size for them)", file=sys.stderr)
+        args.backbones = ",".join(fits)
     args.backbone_list = [b.strip() for b in args.backbones.split(",") if b.strip()]
     if args.out is None:
         args.out = str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))

@@ -160,6 +160,9 @@ def test_search_resumes_after_driver_is_killed(tmp_path, real_data):
     assert len(trials) == 5
     for path, n_results in done_before.items():  # finished trials were not trained again
         assert _result_lines(Path(path)) == n_results
+    # a trial that was running at the kill continued from its last epoch checkpoint
+    assert any(int(t["resumed_from_epoch"] or 0) >= 1 for t in trials), trials
+    assert all(t["status"] in ("completed", "pruned") for t in trials), trials
 
 
 def _trial_dirs(out: Path) -> list[Path]:
