@@ -17,7 +17,7 @@ from leukemia.train import PatientLeakError, check_disjoint, fit, load_split
 
 METRIC_KEYS = {"weighted_f1", "weighted_f1_ci95", "accuracy", "balanced_accuracy", "sensitivity",
                "specificity", "precision", "roc_auc", "confusion_matrix", "n", "n_patients"}
-TIMING_KEYS = {"train_seconds", "train_images_per_s"}  # wall-clock: differ between runs
+TIMING_KEYS = {"train_seconds", "train_images_per_s", "first_step_at"}  # wall-clock
 
 
 def _config(**kw) -> TrainConfig:
