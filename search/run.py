@@ -227,6 +227,8 @@ def apply_defaults(args: argparse.Namespace) -> argparse.Namespace:
                   "small or not a legal size for them)", file=sys.stderr)
         args.backbones = ",".join(fits)
     args.backbone_list = [b.strip() for b in args.backbones.split(",") if b.strip()]
+    if args.out and args.out.startswith("file://"):
+        args.out = args.out[len("file://"):]
     if args.out is None:
         args.out = str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     return args
