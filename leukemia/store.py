@@ -7,10 +7,12 @@ columns plus ``image``, the decoded RGB pixels (uint8, ``size x size x 3``) as o
 ``np.frombuffer`` on the column buffer: no per-image decoding.
 
 Ingest (``leukemia ingest DATA --store STORE``) decodes the BMPs on all cores, crops each cell to
-its bounding square (the cells sit in the middle of a black 450x450 frame), resizes it, and writes
-the store under a temporary name that is renamed into place only when complete, so the store is
-whole or absent and an earlier store survives a failed ingest. ``manifest.json`` is written last:
-a folder without it is not a store.
+its bounding square (the cells sit in the middle of a black 450x450 frame), resizes it, and
+writes the store so that it is whole or absent and an earlier store survives a failed ingest: on
+a local or shared filesystem under a temporary name renamed into place when complete; on an
+object store (which cannot rename a folder) as a new uniquely named data file committed by
+writing ``manifest.json`` (one atomic PUT) that points at it. A folder without a manifest is not
+a store.
 """
 
 from __future__ import annotations
@@ -281,28 +283,8 @@ def ingest(data_dir: str | Path, store: str, *, size: int = 224, workers: int | 
     for msg in warnings:
         log.warning(msg)
 
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    fs.create_dir(tmp, recursive=True)
-    try:
-        schema = _schema(size)
-        checksum = hashlib.sha256(f"v{SCHEMA_VERSION}:{size}:{crop}".encode())
-        with fs.open_output_stream(f"{tmp}/{DATA_FILE}") as sink, \
-                pq.ParquetWriter(sink, schema, compression="zstd", compression_level=1) as writer:
-            for start in range(0, len(keep), ROW_GROUP):
-                part = keep[start:start + ROW_GROUP]
-                cols: dict[str, list] = {k: [] for k in schema.names}
-                for r, (_, pixels, h, w, sha) in part:
-                    for k in _META:
-                        cols[k].append(getattr(r, k))
-                    cols["height"].append(size)
-                    cols["width"].append(size)
-                    cols["source_height"].append(h)
-                    cols["source_width"].append(w)
-                    cols["source_sha256"].append(sha)
-                    cols["image"].append(pixels)
-                    checksum.update(f"{r.image_id}:{r.label}:{r.fold}:{sha}\n".encode())
-                writer.write_table(pa.table(cols, schema=schema), row_group_size=ROW_GROUP)
-        manifest = {
+    def manifest_for(checksum: str, data_file: str) -> dict[str, Any]:
+        return {
             "schema_version": SCHEMA_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "source": str(scanned.root),
@@ -314,16 +296,64 @@ def ingest(data_dir: str | Path, store: str, *, size: int = 224, workers: int | 
             "skipped_bad_files": bad,
             "duplicate_warnings": warnings,
             "notes": scanned.notes,
-            "content_checksum": checksum.hexdigest(),
+            "data_file": data_file,
+            "content_checksum": checksum,
             "ingest_seconds": round(time.monotonic() - t0, 2),
         }
-        _write_bytes(fs, f"{tmp}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
-        _swap_into_place(fs, tmp, path)
+
+    if isinstance(fs, pafs.LocalFileSystem):  # local disk, NFS: build aside, rename into place
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        fs.create_dir(tmp, recursive=True)
+        try:
+            checksum = _write_images(fs, f"{tmp}/{DATA_FILE}", keep, size, crop)
+            manifest = manifest_for(checksum, DATA_FILE)
+            _write_bytes(fs, f"{tmp}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
+            _swap_into_place(fs, tmp, path)
+        except BaseException:
+            if _exists(fs, tmp):
+                fs.delete_dir(tmp)
+            raise
+        return manifest
+    # Object stores (S3, GCS) cannot rename a folder. The data goes to a new, uniquely named
+    # object and the manifest (one PUT, atomic) is the commit: readers see the old store or the
+    # new one, and a failed ingest leaves the old store as it was.
+    data_file = f"images-{uuid.uuid4().hex[:12]}.parquet"
+    fs.create_dir(path, recursive=True)
+    try:
+        checksum = _write_images(fs, f"{path}/{data_file}", keep, size, crop)
+        manifest = manifest_for(checksum, data_file)
+        _write_bytes(fs, f"{path}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
     except BaseException:
-        if _exists(fs, tmp):
-            fs.delete_dir(tmp)
+        if _exists(fs, f"{path}/{data_file}"):
+            fs.delete_file(f"{path}/{data_file}")
         raise
+    for info in fs.get_file_info(fs_selector(path)):  # earlier stores' and failed ingests' data
+        if info.base_name.startswith("images") and info.base_name != data_file:
+            fs.delete_file(info.path)
     return manifest
+
+
+def _write_images(fs: pafs.FileSystem, file_path: str, keep: list, size: int,
+                  crop: bool) -> str:
+    """Write the decoded images as Parquet row groups; return the content checksum."""
+    schema = _schema(size)
+    checksum = hashlib.sha256(f"v{SCHEMA_VERSION}:{size}:{crop}".encode())
+    with fs.open_output_stream(file_path) as sink, \
+            pq.ParquetWriter(sink, schema, compression="zstd", compression_level=1) as writer:
+        for start in range(0, len(keep), ROW_GROUP):
+            cols: dict[str, list] = {k: [] for k in schema.names}
+            for r, (_, pixels, h, w, sha) in keep[start:start + ROW_GROUP]:
+                for k in _META:
+                    cols[k].append(getattr(r, k))
+                cols["height"].append(size)
+                cols["width"].append(size)
+                cols["source_height"].append(h)
+                cols["source_width"].append(w)
+                cols["source_sha256"].append(sha)
+                cols["image"].append(pixels)
+                checksum.update(f"{r.image_id}:{r.label}:{r.fold}:{sha}\n".encode())
+            writer.write_table(pa.table(cols, schema=schema), row_group_size=ROW_GROUP)
+    return checksum.hexdigest()
 
 
 def fs_selector(path: str) -> pafs.FileSelector:
@@ -409,6 +439,11 @@ class Store:
                              f"but this code reads {SCHEMA_VERSION}; re-run `leukemia ingest`")
 
     @property
+    def data_file(self) -> str:
+        """Name of the Parquet file the manifest points at."""
+        return str(self.manifest.get("data_file", DATA_FILE))
+
+    @property
     def image_size(self) -> int:
         return int(self.manifest["image_size"])
 
@@ -432,7 +467,7 @@ class Store:
         filters: list[tuple[str, str, Any]] = [("split", "=", split)] if split else []
         if folds is not None:
             filters.append(("fold", "in", [int(f) for f in folds]))
-        with self.fs.open_input_file(f"{self.path}/{DATA_FILE}") as fh:
+        with self.fs.open_input_file(f"{self.path}/{self.data_file}") as fh:
             # rows are ordered by split and fold, so row-group statistics skip the rest
             table = pq.read_table(fh, filters=filters or None, columns=[*_META, "image"])
         if table.num_rows == 0:

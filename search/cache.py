@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from leukemia.store import DATA_FILE, MANIFEST, Store
+from leukemia.store import MANIFEST, Store
 
 
 def cache_root() -> Path:
@@ -35,7 +35,8 @@ def local_store(uri: str) -> str:
     """A path on this node holding the store at ``uri`` (downloaded once if remote)."""
     if not is_remote(uri):
         return uri
-    checksum = Store(uri).checksum
+    remote = Store(uri)
+    checksum = remote.checksum
     root = cache_root() / "stores"
     dest = root / checksum
     if (dest / MANIFEST).is_file():
@@ -49,11 +50,11 @@ def local_store(uri: str) -> str:
         tmp = root / f".{checksum}.tmp-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         fs, path = pafs.FileSystem.from_uri(uri)
-        for name in (DATA_FILE, MANIFEST):  # manifest last: it marks the copy complete
+        for name in (remote.data_file, MANIFEST):  # manifest last: it marks the copy complete
             pafs.copy_files(f"{path}/{name}", str(tmp / name), source_filesystem=fs,
                             destination_filesystem=pafs.LocalFileSystem())
         os.replace(tmp, dest)
-        size = (dest / DATA_FILE).stat().st_size
+        size = (dest / remote.data_file).stat().st_size
         with open(cache_root() / "downloads.log", "a") as log:
             log.write(f"{time.time():.0f}\t{socket.gethostname()}\t{uri}\t{checksum}\t{size}\t"
                       f"{time.monotonic() - t0:.2f}\n")

@@ -215,6 +215,8 @@ def apply_defaults(args: argparse.Namespace) -> argparse.Namespace:
     for key, value in preset.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+            if key == "grace_period":  # a default never exceeds the budget
+                args.grace_period = min(value, args.max_epochs)
     if args.backbones is None:
         from leukemia.models import backbone_spec
         from search.space import DEFAULT_BACKBONES
@@ -301,7 +303,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
 
     if not args.verbose:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    ray.init(address=args.address, num_cpus=None if args.address else args.num_cpus,
+    # "local": always a new local Ray, never one that another `ray start` left on this machine
+    ray.init(address=args.address or "local",
+             num_cpus=None if args.address else args.num_cpus,
              num_gpus=None if args.address else args.num_gpus, include_dashboard=False,
              log_to_driver=args.verbose, configure_logging=True,
              logging_level=logging.INFO if args.verbose else logging.ERROR)
