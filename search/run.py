@@ -284,10 +284,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     remote = is_remote(args.out)
     # Ray writes trial checkpoints straight to --out (a URI or shared path); the study (SQLite),
     # trials.csv, best/ and the report are written locally and uploaded at the end.
-    out = (cache_root() / "runs" / args.out.split("://", 1)[1].replace("/", "_") if remote
-           else Path(args.out).expanduser().resolve())
-    storage = args.out.rstrip("/") if remote else str(out)
-    exp_uri = f"{storage}/tune"
+    base, sep, query = args.out.partition("?")  # a URI may carry options: s3://b/p?region=..
+    out = (cache_root() / "runs" / base.split("://", 1)[1].strip("/").replace("/", "_")
+           if remote else Path(args.out).expanduser().resolve())
+    storage = f"{base.rstrip('/')}{sep}{query}" if remote else str(out)
+    exp_uri = f"{base.rstrip('/')}/tune{sep}{query}" if remote else str(out / "tune")
     exists = tune.Tuner.can_restore(exp_uri) if remote else (out / "tune").exists()
     if exists and not args.resume:
         raise FileExistsError(f"{args.out} already holds a search; pass --resume to continue "
@@ -413,11 +414,11 @@ def _upload(local: Path, uri: str) -> None:
     """Copy the run's local artefacts (not tune/, already there) to ``uri``."""
     import pyarrow.fs as pafs
 
-    fs, base = pafs.FileSystem.from_uri(uri)
+    fs, root = pafs.FileSystem.from_uri(uri)
     for item in sorted(local.iterdir()):
         if item.name == "tune":
             continue
-        dest = f"{base.rstrip('/')}/{item.name}"
+        dest = f"{root.rstrip('/')}/{item.name}"
         if item.is_dir():
             fs.create_dir(dest, recursive=True)
         pafs.copy_files(str(item), dest, source_filesystem=pafs.LocalFileSystem(),
@@ -441,7 +442,7 @@ def _print_summary(summary: dict[str, Any], out: Path | str) -> None:
             "accuracy", "balanced_accuracy", "sensitivity", "specificity", "roc_auc"))
         print(f"validation_data ({v['n']} images, {v['n_patients']} patients): weighted F1 "
               f"{v['weighted_f1']:.4f}{ci_text}, {rest}")
-    print(f"wrote {out}/trials.csv, study.db, best/, report.html")
+    print(f"wrote trials.csv, study.db, best/, report.html to {out}")
 
 
 def _fmt(v: Any) -> str:

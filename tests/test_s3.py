@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.fs as pafs
 import pytest
-from searchrun import REPO, run
+from searchrun import REPO, run, start, stop_group
 from searchrun import trials as read_trials
 
 from leukemia.dataset import DatasetError
@@ -254,3 +254,27 @@ def test_search_on_s3_store_downloads_once_per_node(s3_store, tmp_path):
     log = (tmp_path / "cache" / "downloads.log").read_text().splitlines()
     assert len(log) == 1, log  # two trials, one node: the store was read from S3 once
     assert log[0].split("\t")[2:4] == [uri, local.checksum]
+
+
+@pytest.mark.slow
+def test_search_writes_its_results_to_s3(s3, s3_store, tmp_path):
+    """--out s3://...: Ray keeps trial state there, the rest is uploaded at the end, and the
+    same command refuses to overwrite the search it finds there."""
+    uri, _ = s3_store
+    out = s3.uri(f"{tmp_path.name}-run")
+    args = ["--store", uri, "--trials", "2", "--max-epochs", "1", "--grace-period", "1",
+            "--image-size", "32", "--batch-size", "8", "--backbones", "small_cnn",
+            "--num-cpus", "2", "--out", out]
+    run(args, tmp_path)
+    keys = s3.keys(f"{tmp_path.name}-run/")
+    for name in ("trials.csv", "study.db", "summary.json", "report.html", "best/model.keras",
+                 "best/metrics.json", "tune/tuner.pkl"):
+        assert f"{tmp_path.name}-run/{name}" in keys, keys
+    assert sum(k.endswith("/result.json") for k in keys) == 2
+    fs, path = pafs.FileSystem.from_uri(out)
+    with fs.open_input_stream(f"{path}/best/metrics.json") as fh:
+        assert json.loads(fh.read())["n"] > 0
+    proc = start(args, tmp_path)
+    proc.wait(timeout=300)
+    stop_group(proc)
+    assert proc.returncode == 2 and "already holds a search" in proc.log.read_text()
