@@ -15,7 +15,6 @@ Both writers replace their file atomically, so a reader never sees a half-writte
 from __future__ import annotations
 
 import csv
-import html
 import io
 import json
 import math
@@ -25,12 +24,23 @@ import uuid
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import optuna
+
+from search.svg import (
+    Plot,
+    cross,
+    dot,
+    esc,
+    hbars,
+    int_range,
+    num,
+    score_range,
+    svg_title,
+)
 
 __all__ = ["write_report", "write_trials_csv"]
 
@@ -127,20 +137,8 @@ def write_trials_csv(path: Path, trials: list[dict]) -> None:
 # --------------------------------------------------------------------------- formatting
 
 
-def _e(value: Any) -> str:
-    """HTML-escaped ``str(value)``, quotes included."""
-    return html.escape(str(value), quote=True)
 
 
-def _num(value: Any) -> float | None:
-    """``value`` as a finite float, or None for None, NaN, infinities, bools and non-numbers."""
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -156,7 +154,7 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 def _fixed(value: Any) -> str:
     """A metric with 4 decimals, or a dash when missing or not finite."""
-    v = _num(value)
+    v = num(value)
     return "—" if v is None else f"{v:.4f}"
 
 
@@ -167,219 +165,25 @@ def _seq(value: Any) -> list:
 
 def _when(seconds: Any) -> str:
     """A Unix time as UTC ``YYYY-MM-DD HH:MM:SS``, or a dash."""
-    s = _num(seconds)
+    s = num(seconds)
     return "—" if s is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(s))
 
 
 def _note(text: str) -> str:
     """A highlighted explanatory paragraph (text is escaped)."""
-    return f'<p class="note">{_e(text)}</p>'
+    return f'<p class="note">{esc(text)}</p>'
 
 
 def _kv_table(items: Iterable[tuple[Any, Any]]) -> str:
     """A two-column key/value table."""
-    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(_fmt(v))}</td></tr>" for k, v in items)
+    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(_fmt(v))}</td></tr>" for k, v in items)
     return f'<table class="kv">{rows}</table>'
 
 
 def _badge(status: str, text: str | None = None) -> str:
     """A status label in its colour."""
     colour = STATUS_COLOURS.get(status, _OTHER_COLOUR)
-    return f'<span class="badge" style="background:{colour}">{_e(text or status)}</span>'
-
-
-# --------------------------------------------------------------------------- SVG
-
-
-def _nice_ticks(lo: float, hi: float, n: int = 6, *, integer: bool = False) -> list[float]:
-    """About ``n`` round tick values (steps of 1, 2, 2.5 or 5 times a power of 10) in [lo, hi]."""
-    if not hi > lo:
-        return [lo]
-    raw = (hi - lo) / n
-    mag = 10.0 ** math.floor(math.log10(raw))
-    steps = (1, 2, 5, 10) if integer else (1, 2, 2.5, 5, 10)
-    step = next(m * mag for m in steps if m * mag >= raw * (1 - 1e-9))
-    if integer:
-        step = max(1.0, round(step))
-    first = math.ceil(lo / step - 1e-9) * step
-    count = int(math.floor((hi - first) / step + 1e-9)) + 1
-    return [round(first + i * step, 12) for i in range(count)]
-
-
-def _score_range(values: Sequence[float]) -> tuple[float, float]:
-    """A padded axis range around scores, kept inside [0, 1] when the scores are."""
-    lo, hi = min(values), max(values)
-    if hi - lo < 1e-9:
-        lo, hi = lo - 0.05, hi + 0.05
-    pad = 0.06 * (hi - lo)
-    lo = max(lo - pad, 0.0) if min(values) >= 0 else lo - pad
-    hi = min(hi + pad, 1.0) if max(values) <= 1 else hi + pad
-    return lo, hi
-
-
-def _int_range(lo: float, hi: float) -> tuple[float, float]:
-    """An axis range for integer positions (trial numbers, epochs) with half a step of air."""
-    return (lo - 0.5, hi + 0.5) if hi - lo < 1 else (lo - 0.03 * (hi - lo), hi + 0.03 * (hi - lo))
-
-
-@dataclass
-class _Plot:
-    """Linear scales from data to pixels, and the frame drawn around a plot's marks.
-
-    Ticks are ``(value, label)`` pairs; None picks round numbers. A legend entry is ``(kind,
-    colour, label)`` with kind one of ``line``, ``dash``, ``dot``, ``cross``, ``bar``; the
-    legend sits right of the plot area so it never hides data.
-    """
-
-    x_range: tuple[float, float]
-    y_range: tuple[float, float]
-    x_label: str = ""
-    y_label: str = ""
-    width: int = 620  # of the plot area, pixels
-    height: int = 280
-    left: int = 64  # room for y tick labels
-    x_ticks: list[tuple[float, str]] | None = None
-    y_ticks: list[tuple[float, str]] | None = None
-    x_integer: bool = False
-    y_grid: bool = True
-    legend: list[tuple[str, str, str]] = field(default_factory=list)
-    top: int = 12
-    bottom: int = 46
-
-    def x(self, v: float) -> float:
-        """Pixel column of data value ``v``."""
-        lo, hi = self.x_range
-        return self.left + (v - lo) / (hi - lo) * self.width
-
-    def y(self, v: float) -> float:
-        """Pixel row of data value ``v``."""
-        lo, hi = self.y_range
-        return self.top + (1.0 - (v - lo) / (hi - lo)) * self.height
-
-    def render(self, body: Iterable[str], label: str) -> str:
-        """The ``<svg>`` element: grid, axes, ticks, labels, ``body`` marks and legend."""
-        x0, x1 = self.left, self.left + self.width
-        y0, y1 = self.top + self.height, self.top
-        x_ticks = self.x_ticks
-        if x_ticks is None:
-            x_ticks = [(t, f"{t:g}") for t in _nice_ticks(*self.x_range, integer=self.x_integer)]
-        y_ticks = self.y_ticks or [(t, f"{t:g}") for t in _nice_ticks(*self.y_range)]
-        out = []
-        for v, text in x_ticks:
-            px = self.x(v)
-            out.append(f'<line class="grid" x1="{px:.1f}" y1="{y1}" x2="{px:.1f}" y2="{y0}"/>')
-            out.append(f'<text x="{px:.1f}" y="{y0 + 16}" text-anchor="middle">{_e(text)}</text>')
-        for v, text in y_ticks:
-            py = self.y(v)
-            if self.y_grid:
-                out.append(f'<line class="grid" x1="{x0}" y1="{py:.1f}" x2="{x1}" y2="{py:.1f}"/>')
-            out.append(f'<text x="{x0 - 6}" y="{py + 4:.1f}" text-anchor="end">{_e(text)}</text>')
-        out.append(f'<path class="axis" d="M{x0},{y1} V{y0} H{x1}"/>')
-        out.append(
-            f'<text class="label" x="{(x0 + x1) / 2:.1f}" y="{y0 + 38}" '
-            f'text-anchor="middle">{_e(self.x_label)}</text>'
-        )
-        out.append(
-            f'<text class="label" transform="translate(14,{(y0 + y1) / 2:.1f}) rotate(-90)" '
-            f'text-anchor="middle">{_e(self.y_label)}</text>'
-        )
-        out.extend(body)
-        for i, (kind, colour, text) in enumerate(self.legend):
-            lx, ly = x1 + 20, self.top + 12 + 20 * i
-            out.append(_legend_swatch(kind, colour, lx, ly))
-            out.append(f'<text x="{lx + 30}" y="{ly + 4}">{_e(text)}</text>')
-        width = x1 + (200 if self.legend else 16)
-        height = self.top + self.height + self.bottom
-        return (
-            f'<svg class="plot" viewBox="0 0 {width} {height}" width="{width}" '
-            f'height="{height}" role="img" aria-label="{_e(label)}">'
-            f"<title>{_e(label)}</title>{''.join(out)}</svg>"
-        )
-
-
-def _legend_swatch(kind: str, colour: str, x: float, y: float) -> str:
-    """A small legend symbol at ``(x, y)``."""
-    if kind == "dot":
-        return _dot(x + 11, y, colour)
-    if kind == "cross":
-        return _cross(x + 11, y, colour)
-    if kind == "bar":
-        return f'<rect x="{x + 3}" y="{y - 6}" width="16" height="12" fill="{colour}"/>'
-    dash = ' stroke-dasharray="5,3"' if kind == "dash" else ""
-    return (
-        f'<line x1="{x}" y1="{y}" x2="{x + 22}" y2="{y}" stroke="{colour}" '
-        f'stroke-width="2"{dash}/>'
-    )
-
-
-def _tip(title: str) -> str:
-    """A native tooltip child element, or nothing."""
-    return f"<title>{_e(title)}</title>" if title else ""
-
-
-def _dot(
-    x: float,
-    y: float,
-    colour: str,
-    r: float = 4.0,
-    title: str = "",
-    cls: str = "",
-    *,
-    hollow: bool = False,
-) -> str:
-    """A filled circle, or a ring when ``hollow``."""
-    c = f' class="{cls}"' if cls else ""
-    fill, stroke, width = ("white", colour, 1.5) if hollow else (colour, "white", 0.8)
-    return (
-        f'<circle{c} cx="{x:.1f}" cy="{y:.1f}" r="{r}" fill="{fill}" stroke="{stroke}" '
-        f'stroke-width="{width}">{_tip(title)}</circle>'
-    )
-
-
-def _cross(x: float, y: float, colour: str, s: float = 4.5, title: str = "", cls: str = "") -> str:
-    """An ✕ marker."""
-    c = f' class="{cls}"' if cls else ""
-    a, b, c0, c1 = x - s, x + s, y - s, y + s
-    d = f"M{a:.1f},{c0:.1f} L{b:.1f},{c1:.1f} M{a:.1f},{c1:.1f} L{b:.1f},{c0:.1f}"
-    return (
-        f'<path{c} d="{d}" stroke="{colour}" stroke-width="2.4" fill="none">{_tip(title)}</path>'
-    )
-
-
-def _hbars(
-    items: Sequence[tuple[str, float, str, str]],
-    *,
-    x_label: str,
-    x_max: float,
-    label: str,
-    legend: list[tuple[str, str, str]] | None = None,
-) -> str:
-    """A horizontal bar chart of ``(name, value, colour, value text)``, first item on top."""
-    n = len(items)
-    longest = max((len(name) for name, *_ in items), default=4)
-    text_room = 7 * max((len(text) for *_, text in items), default=4) + 10  # value labels
-    plot = _Plot(
-        x_range=(0.0, x_max * (1 + text_room / 480)),
-        x_ticks=[(t, f"{t:g}") for t in _nice_ticks(0.0, x_max)],
-        y_range=(n, 0),
-        x_label=x_label,
-        height=20 * n,
-        left=max(64, 7 * longest + 14),
-        width=480 + text_room,
-        y_grid=False,
-        legend=legend or [],
-        y_ticks=[(i + 0.5, name) for i, (name, *_) in enumerate(items)],
-    )
-    body = []
-    for i, (name, value, colour, text) in enumerate(items):
-        x0, top = plot.x(0.0), plot.y(i) + 3
-        w = max(plot.x(value) - x0, 0.0)
-        body.append(
-            f'<rect x="{x0:.1f}" y="{top:.1f}" width="{w:.1f}" height="14" fill="{colour}">'
-            f"{_tip(f'{name}: {text}')}</rect>"
-            f'<text x="{x0 + w + 4:.1f}" y="{top + 11:.1f}">{_e(text)}</text>'
-        )
-    return plot.render(body, label)
+    return f'<span class="badge" style="background:{colour}">{esc(text or status)}</span>'
 
 
 # --------------------------------------------------------------------------- sections
@@ -387,7 +191,7 @@ def _hbars(
 
 def _scored(trials: Sequence[dict]) -> list[tuple[dict, float]]:
     """Trials that have a finite best score, with it."""
-    out = [(t, _num(t.get("best_score"))) for t in trials]
+    out = [(t, num(t.get("best_score"))) for t in trials]
     return [(t, s) for t, s in out if s is not None]
 
 
@@ -411,9 +215,9 @@ def _header(trials: Sequence[dict], command: str, settings: dict) -> str:
     parts = [
         "<h1>C-NMC 2019 hyperparameter search</h1>",
         f'<p class="muted">ALL (leukemic blast, class 1) vs normal cells. Objective: maximise '
-        f"{METRIC} (best epoch of each trial). Generated {_e(_when(time.time()))} UTC.</p>",
+        f"{METRIC} (best epoch of each trial). Generated {esc(_when(time.time()))} UTC.</p>",
         "<h3>Reproduce</h3>",
-        f"<pre>{_e(command)}</pre>",
+        f"<pre>{esc(command)}</pre>",
         '<div class="row"><div>',
         "<h3>Settings</h3>",
         _kv_table(settings.items()) if settings else _note("No settings recorded."),
@@ -427,13 +231,13 @@ def _header(trials: Sequence[dict], command: str, settings: dict) -> str:
         parts.append(_note("No trial reported a score."))
     else:
         if best.get("status") != "completed":
-            parts.append(_note(f"This trial was {_e(best.get('status'))}; its peak epoch "
+            parts.append(_note(f"This trial was {esc(best.get('status'))}; its peak epoch "
                                "still scored best, and the final retrain uses that epoch count."))
         parts.append(
-            f"<p><b>{_e(best.get('trial_id'))}</b> #{_e(best.get('number'))} "
+            f"<p><b>{esc(best.get('trial_id'))}</b> #{esc(best.get('number'))} "
             f"{_badge(str(best.get('status')))}<br>{METRIC} "
-            f"<b>{_e(_fixed(best.get('best_score')))}</b> at epoch "
-            f"{_e(_fmt(best.get('best_epoch')))} of {_e(_fmt(best.get('epochs_run')))}</p>"
+            f"<b>{esc(_fixed(best.get('best_score')))}</b> at epoch "
+            f"{esc(_fmt(best.get('best_epoch')))} of {esc(_fmt(best.get('epochs_run')))}</p>"
         )
         parts.append(_kv_table(sorted((best.get("params") or {}).items())))
     parts.append("</div></div>")
@@ -462,21 +266,21 @@ def _metrics_table(final: dict) -> str:
     head += f"<th>mean ± std over {n_seeds} seeds</th></tr>" if several else "</tr>"
     rows = []
     for key, name in _METRIC_ROWS:
-        value = _e(_fixed(metrics.get(key)))
+        value = esc(_fixed(metrics.get(key)))
         ci = metrics.get(f"{key}_ci95")
-        if ci and len(ci) == 2 and all(_num(c) is not None for c in ci):
+        if ci and len(ci) == 2 and all(num(c) is not None for c in ci):
             value += f' <span class="muted">(95% CI {_fixed(ci[0])}–{_fixed(ci[1])})</span>'
-        row = f"<tr><th>{_e(name)}</th><td>{value}</td>"
+        row = f"<tr><th>{esc(name)}</th><td>{value}</td>"
         if several:
             s = summary.get(key) or {}
-            mean, std = _num(s.get("mean")), _num(s.get("std"))
+            mean, std = num(s.get("mean")), num(s.get("std"))
             text = "—" if mean is None else f"{mean:.4f} ± {std or 0.0:.4f}"
             tip = _fmt(s.get("values") or [])
-            row += f'<td title="{_e(tip)}">{_e(text)}</td>'
+            row += f'<td title="{esc(tip)}">{esc(text)}</td>'
         rows.append(row + "</tr>")
     foot = (
-        f'<p class="muted">{_e(_fmt(metrics.get("n")))} cells of '
-        f"{_e(_fmt(metrics.get('n_patients')))} patients; the CI resamples patients.</p>"
+        f'<p class="muted">{esc(_fmt(metrics.get("n")))} cells of '
+        f"{esc(_fmt(metrics.get('n_patients')))} patients; the CI resamples patients.</p>"
     )
     return f'<table class="grid">{head}{"".join(rows)}</table>{foot}'
 
@@ -506,14 +310,14 @@ def _roc_svg(roc: dict, auc: Any) -> str:
     pts = [
         (x, y)
         for x, y in zip(
-            map(_num, _seq(roc.get("fpr"))), map(_num, _seq(roc.get("tpr"))), strict=False
+            map(num, _seq(roc.get("fpr"))), map(num, _seq(roc.get("tpr"))), strict=False
         )
         if x is not None and y is not None
     ]
     if not pts:
         return _note("No ROC curve recorded.")
-    auc_text = _fixed(auc) if _num(auc) is not None else "n/a"
-    plot = _Plot(
+    auc_text = _fixed(auc) if num(auc) is not None else "n/a"
+    plot = Plot(
         x_range=(0.0, 1.0),
         y_range=(0.0, 1.0),
         width=300,
@@ -537,10 +341,10 @@ def _roc_svg(roc: dict, auc: Any) -> str:
 
 def _patients_svg(per_patient: Sequence[dict]) -> str:
     """Per-patient accuracy bars, worst first, coloured by the patient's class."""
-    rows = [p for p in per_patient if _num(p.get("accuracy")) is not None]
+    rows = [p for p in per_patient if num(p.get("accuracy")) is not None]
     if not rows:
         return _note("No per-patient accuracy recorded.")
-    rows.sort(key=lambda p: (_num(p["accuracy"]), str(p.get("patient_id"))))
+    rows.sort(key=lambda p: (num(p["accuracy"]), str(p.get("patient_id"))))
     items = [
         (
             str(p.get("patient_id")),
@@ -551,7 +355,7 @@ def _patients_svg(per_patient: Sequence[dict]) -> str:
         for p in rows
     ]
     legend = [("bar", CLASS_COLOURS[k], f"{CLASS_NAMES[k]} patient") for k in (0, 1)]
-    return _hbars(
+    return hbars(
         items, x_label="accuracy", x_max=1.0, label="per-patient accuracy", legend=legend
     )
 
@@ -565,8 +369,8 @@ def _final_section(final: dict | None) -> str:
         )
     seeds = final.get("seeds") or []
     intro = (
-        f"<p>The best configuration retrained for {_e(_fmt(final.get('epochs')))} epochs with "
-        f"seeds {_e(_fmt(list(seeds)))}; metrics of the exported model on validation_data.</p>"
+        f"<p>The best configuration retrained for {esc(_fmt(final.get('epochs')))} epochs with "
+        f"seeds {esc(_fmt(list(seeds)))}; metrics of the exported model on validation_data.</p>"
     )
     config = final.get("config") or {}
     details = (
@@ -592,13 +396,13 @@ def _status_legend(statuses: Iterable[str], kind: str) -> list[tuple[str, str, s
 
 def _history_svg(trials: Sequence[dict]) -> str:
     """Each trial's best score vs trial number, and the best-so-far step line."""
-    scored = [(t, s) for t, s in _scored(trials) if _num(t.get("number")) is not None]
+    scored = [(t, s) for t, s in _scored(trials) if num(t.get("number")) is not None]
     if not scored:
         return _note("No trial has a score yet.")
     numbers = [float(t["number"]) for t, _ in scored]
-    plot = _Plot(
-        x_range=_int_range(min(numbers), max(numbers)),
-        y_range=_score_range([s for _, s in scored]),
+    plot = Plot(
+        x_range=int_range(min(numbers), max(numbers)),
+        y_range=score_range([s for _, s in scored]),
         x_integer=True,
         x_label="trial number",
         y_label=f"best {METRIC}",
@@ -615,7 +419,7 @@ def _history_svg(trials: Sequence[dict]) -> str:
             best = score
             path += f"M{x:.1f},{y:.1f}" if not path else f" H{x:.1f} V{y:.1f}"
         tip = f"#{trial.get('number')} {trial.get('trial_id')} ({status}): {score:.4f}"
-        body.append(_dot(x, y, STATUS_COLOURS.get(status, _OTHER_COLOUR), title=tip))
+        body.append(dot(x, y, STATUS_COLOURS.get(status, _OTHER_COLOUR), title=tip))
     if path:
         path += f" H{plot.x(max(numbers)):.1f}"
         body.insert(0, f'<path d="{path}" fill="none" stroke="#222222" stroke-width="1.5"/>')
@@ -645,11 +449,11 @@ def _importance_section(study: optuna.Study | None) -> str:
         caveats = sorted({str(w.message) for w in caught})
     except Exception as exc:  # any failure of an optional section becomes a note
         return _note(f"Parameter importances could not be computed: {type(exc).__name__}: {exc}")
-    values = [(name, _num(v)) for name, v in importances.items()]
+    values = [(name, num(v)) for name, v in importances.items()]
     items = [(n, v, "#1f77b4", f"{v:.3f}") for n, v in values if v is not None]
     if not items:
         return _note("Optuna returned no parameter importances (no parameter varied).")
-    chart = _hbars(
+    chart = hbars(
         items,
         x_label="importance (normalised)",
         label="parameter importances",
@@ -668,7 +472,7 @@ def _curves_svg(trials: Sequence[dict], max_t: int) -> str:
     for trial in trials:
         pts = []
         for i, row in enumerate(trial.get("history") or []):
-            epoch, value = _num(row.get("epoch", i + 1)), _num(row.get(METRIC))
+            epoch, value = num(row.get("epoch", i + 1)), num(row.get(METRIC))
             if epoch is not None and value is not None:
                 pts.append((epoch, value))
         if pts:
@@ -689,9 +493,9 @@ def _curves_svg(trials: Sequence[dict], max_t: int) -> str:
         if s not in ("completed", "pruned", "failed")
     ]
     legend.append(("line", "#222222", "best trial"))
-    plot = _Plot(
-        x_range=_int_range(1.0, float(last_epoch)),
-        y_range=_score_range(values),
+    plot = Plot(
+        x_range=int_range(1.0, float(last_epoch)),
+        y_range=score_range(values),
         x_integer=True,
         x_label="epoch",
         y_label=METRIC,
@@ -709,18 +513,18 @@ def _curves_svg(trials: Sequence[dict], max_t: int) -> str:
         marks = [
             f'<polyline points="{" ".join(f"{x:.1f},{y:.1f}" for x, y in xy)}" fill="none" '
             f'stroke="{colour}" stroke-width="{2.5 if is_best else 1.3}" '
-            f'stroke-opacity="{1 if is_best else 0.7}"{dash}>{_tip(tip)}</polyline>'
+            f'stroke-opacity="{1 if is_best else 0.7}"{dash}>{svg_title(tip)}</polyline>'
         ]
         end_x, end_y = xy[-1]
         if status == "pruned":
             marks.append(
-                _cross(end_x, end_y, colour, title=f"{tip}: stopped by ASHA", cls="marker-pruned")
+                cross(end_x, end_y, colour, title=f"{tip}: stopped by ASHA", cls="marker-pruned")
             )
         elif status == "completed":
-            marks.append(_dot(end_x, end_y, colour, r=3.5, title=tip, cls="marker-completed"))
+            marks.append(dot(end_x, end_y, colour, r=3.5, title=tip, cls="marker-completed"))
         elif status == "failed":
             marks.append(
-                _dot(
+                dot(
                     end_x,
                     end_y,
                     colour,
@@ -731,7 +535,7 @@ def _curves_svg(trials: Sequence[dict], max_t: int) -> str:
                 )
             )
         elif len(xy) == 1:  # a lone point draws no line
-            marks.append(_dot(end_x, end_y, colour, r=2.5, title=tip))
+            marks.append(dot(end_x, end_y, colour, r=2.5, title=tip))
         (top if is_best else body).extend(marks)
     return plot.render(body + top, "learning curves")
 
@@ -741,7 +545,7 @@ def _trials_table(trials: Sequence[dict]) -> str:
     columns, rows = _table(trials)
     if not rows:
         return _note("No trials.")
-    head = "".join(f"<th>{_e(c.removeprefix('param_'))}</th>" for c in columns)
+    head = "".join(f"<th>{esc(c.removeprefix('param_'))}</th>" for c in columns)
     body = []
     for row in rows:
         cells = []
@@ -749,12 +553,12 @@ def _trials_table(trials: Sequence[dict]) -> str:
             if column == "status":
                 cells.append(f"<td>{_badge(str(value))}</td>")
             elif column in ("started_at", "ended_at"):
-                cells.append(f"<td>{_e(_when(value))}</td>")
+                cells.append(f"<td>{esc(_when(value))}</td>")
             elif column in ("error", "node_id") and value and len(str(value)) > 12:
                 short = str(value)[: 60 if column == "error" else 10] + "…"
-                cells.append(f'<td title="{_e(value)}">{_e(short)}</td>')
+                cells.append(f'<td title="{esc(value)}">{esc(short)}</td>')
             else:
-                cells.append(f"<td>{_e(_fmt(value))}</td>")
+                cells.append(f"<td>{esc(_fmt(value))}</td>")
         body.append(f"<tr>{''.join(cells)}</tr>")
     return (
         '<p class="muted">Columns after ended_at are parameters; times are UTC; hover a '
@@ -826,9 +630,9 @@ def write_report(
         ("curves", "Learning curves", _curves_svg(ordered, max_t)),
         ("trials", "Trials", _trials_table(ordered)),
     ]
-    nav = "".join(f'<a href="#{key}">{_e(title)}</a>' for key, title, _ in sections)
+    nav = "".join(f'<a href="#{key}">{esc(title)}</a>' for key, title, _ in sections)
     body = "".join(
-        f'<section id="{key}"><h2>{_e(title)}</h2>{content}</section>'
+        f'<section id="{key}"><h2>{esc(title)}</h2>{content}</section>'
         for key, title, content in sections
     )
     page = (
