@@ -1,6 +1,6 @@
 # Two entry points on a fresh clone (Python >= 3.10, make):
 #   make run    the main job on its built-in default (demo data)
-#   make test   the whole test suite
+#   make test   lint (ruff), types (mypy on leukemia/), then the whole test suite
 # Each bootstraps .venv on first use.
 PYTHON ?= python3
 VENV   := .venv
@@ -21,6 +21,8 @@ run: venv
 	$(PY) search/run.py $(ARGS)
 
 test: venv
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest -q $(ARGS)
 
 clean:
