@@ -200,6 +200,7 @@ def fit(config: TrainConfig, store: Store | str | tuple[Selection, Selection | N
     history: list[dict[str, Any]] = []
     status = "ok"
     first_step = _FirstStep()
+    last_p: np.ndarray | None = None  # the last epoch's validation probabilities
     for epoch in range(initial_epoch + 1, config.epochs + 1):
         if config.freeze_epochs and epoch == config.freeze_epochs + 1:
             # unfreeze: fine-tune everything at a tenth of the rate, as transfer learning does
@@ -225,7 +226,7 @@ def fit(config: TrainConfig, store: Store | str | tuple[Selection, Selection | N
             log.warning("epoch %d: loss is %s; stopping this run", epoch, row["loss"])
             break
         if val is not None:
-            p = predict_proba(model, val.images)
+            p = last_p = predict_proba(model, val.images)
             vm = M.binary_metrics(val.labels, p, val.patient_ids, n_boot=200, seed=config.seed)
             row["val_loss"] = _log_loss(val.labels, p)
             row.update({f"val_{k}": v for k, v in vm.items() if k != "confusion_matrix"})
@@ -234,8 +235,9 @@ def fit(config: TrainConfig, store: Store | str | tuple[Selection, Selection | N
             cb(epoch, row, model)
     final = {}
     if val is not None and status == "ok":
-        p = predict_proba(model, val.images)
-        final = M.binary_metrics(val.labels, p, val.patient_ids, seed=config.seed)
+        if last_p is None:  # resumed with no epoch left to run
+            last_p = predict_proba(model, val.images)
+        final = M.binary_metrics(val.labels, last_p, val.patient_ids, seed=config.seed)
     return FitResult(status=status, history=history, model=model, class_weight=cw,
                      metrics=final)
 
