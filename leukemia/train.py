@@ -17,8 +17,8 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,10 +275,15 @@ def atomic_write(path: str | Path, data: str | bytes) -> None:
     """Write a file via a temporary name in the same folder, so it is whole or absent."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
+    # a unique name opened with "x", not mkstemp: os.replace would keep mkstemp's 0600 mode
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with tmp.open("xb") as fh:
+            fh.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_history(path: str | Path, history: list[dict[str, Any]]) -> None:

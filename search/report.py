@@ -18,9 +18,7 @@ import csv
 import io
 import json
 import math
-import os
 import time
-import uuid
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -30,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import optuna
 
+from leukemia.train import atomic_write
 from search.svg import (
     Plot,
     cross,
@@ -74,21 +73,6 @@ _OTHER_COLOUR = "#555555"
 # --------------------------------------------------------------------------- files
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name opened with "x" rather than mkstemp, whose 0600 mode os.replace would keep.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with tmp.open("x", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _table(trials: Sequence[dict]) -> tuple[list[str], list[list[Any]]]:
     """Columns and raw row values of the trials table, sorted by trial number."""
     ordered = sorted(trials, key=lambda t: (t.get("number") is None, t.get("number") or 0))
@@ -131,7 +115,7 @@ def write_trials_csv(path: Path, trials: list[dict]) -> None:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
     writer.writerows([_csv_cell(v) for v in row] for row in rows)
-    _write_atomic(path, buffer.getvalue())
+    atomic_write(path, buffer.getvalue())
 
 
 # --------------------------------------------------------------------------- formatting
@@ -641,4 +625,4 @@ def write_report(
         f"<title>C-NMC search report</title><style>{_CSS}</style></head><body><main>"
         f"{_header(ordered, command, settings)}<nav>{nav}</nav>{body}</main></body></html>\n"
     )
-    _write_atomic(path, page)
+    atomic_write(path, page)

@@ -274,6 +274,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    from leukemia.train import atomic_write
     from search import final as final_mod
     from search.cache import cache_root, is_remote
     from search.resources import plan_resources
@@ -390,7 +391,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                "best_epoch": best["best_epoch"] if best else None,
                "validation": final["metrics"] if final else None,
                "nodes": node_summary(trials)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write(out / "summary.json", json.dumps(summary, indent=2))
     shown = {"trials": args.trials, "max_epochs (ASHA max_t)": args.max_epochs,
              "grace_period": args.grace_period, "reduction_factor": args.reduction_factor,
              "image_size": args.image_size, "batch_size": args.batch_size,
