@@ -1,11 +1,11 @@
 """The ``leukemia`` command: build and inspect the image store, train, evaluate, predict.
 
     leukemia demo-data OUT_DIR
-    leukemia ingest DATA_DIR --store STORE [--size 224] [--workers N] [--no-crop] [--skip-bad]
+    leukemia ingest DATA_DIR --store STORE [--size 224] [--crop window|cell|none] [--window 320]
     leukemia describe STORE [--json]
     leukemia train --store STORE --out DIR [--set key=value ...]
     leukemia evaluate MODEL --store STORE [--split validation]
-    leukemia predict MODEL IMAGE_OR_DIR...
+    leukemia predict MODEL IMAGE_OR_DIR... [--csv FILE] [--threshold T]
 
 Run ``leukemia <command> --help`` for the options of each.
 """
@@ -33,8 +33,8 @@ def _ingest(args: argparse.Namespace) -> int:
     from leukemia.store import describe, ingest
 
     manifest = ingest(args.data_dir, args.store, size=args.size, workers=args.workers,
-                      crop=not args.no_crop, skip_bad=args.skip_bad, overwrite=args.overwrite,
-                      progress=not args.quiet)
+                      crop="none" if args.no_crop else args.crop, window=args.window,
+                      skip_bad=args.skip_bad, overwrite=args.overwrite, progress=not args.quiet)
     print(describe(manifest))
     rate = manifest["n_images"] / max(manifest["ingest_seconds"], 1e-9)
     print(f"ingested in {manifest['ingest_seconds']:.1f} s ({rate:,.0f} images/s) -> {args.store}")
@@ -65,18 +65,42 @@ def _evaluate(args: argparse.Namespace) -> int:
     from leukemia.evaluate import evaluate_model
 
     metrics = evaluate_model(args.model, args.store, split=args.split, folds=args.folds,
-                             out=args.out)
+                             out=args.out, threshold=args.threshold)
     print(json.dumps(metrics, indent=2))
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from leukemia.evaluate import predict_files
+    from leukemia.evaluate import patient_summary, predict_files, stored_threshold
+    from leukemia.train import atomic_write
 
-    for path, prob in predict_files(args.model, args.inputs, crop=not args.no_crop):
-        cls = "ALL" if prob >= args.threshold else "normal"
+    threshold = stored_threshold(args.model) if args.threshold is None else args.threshold
+    rows = []
+    for path, prob in predict_files(args.model, args.inputs,
+                                    crop="none" if args.no_crop else args.crop):
+        rows.append((path, prob))
+        cls = "ALL" if prob >= threshold else "normal"
         print(f"{path}\t{prob:.4f}\t{cls}")
+    if args.csv:
+        lines = ["path,p_all,class"] + [
+            f"{_csv_field(str(p))},{q:.6f},{'ALL' if q >= threshold else 'normal'}"
+            for p, q in rows]
+        atomic_write(args.csv, "\n".join(lines) + "\n")
+    patients = patient_summary(rows, threshold)
+    if patients:
+        print(f"\nper patient (threshold {threshold:.3f}):\npatient\tcells\tmean P(ALL)\t"
+              "share called ALL", file=sys.stderr)
+        for r in patients:
+            print(f"{r['patient_id']}\t{r['cells']}\t{r['mean_p_all']:.4f}\t"
+                  f"{r['share_all']:.3f}", file=sys.stderr)
+    print(f"{len(rows)} image(s); class = ALL where P(ALL) >= {threshold:.3f} "
+          f"({'--threshold' if args.threshold is not None else 'stored in the model'})"
+          + (f"; wrote {args.csv}" if args.csv else ""), file=sys.stderr)
     return 0
+
+
+def _csv_field(text: str) -> str:
+    return f'"{text.replace(chr(34), chr(34) * 2)}"' if any(c in text for c in ',"\n') else text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,8 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--store", required=True, help="destination folder or URI (s3://, gs://)")
     s.add_argument("--size", type=int, default=224, help="stored image side in px (224)")
     s.add_argument("--workers", type=int, default=None, help="decoding processes (all cores)")
-    s.add_argument("--no-crop", action="store_true",
-                   help="keep the whole 450x450 frame instead of cropping to the cell")
+    s.add_argument("--crop", choices=["window", "cell", "none"], default="window",
+                   help="window (default): a --window px square of the frame centred on the "
+                   "cell, so cells keep their size; cell: the cell's bounding square (every "
+                   "cell fills the image); none: the whole frame")
+    s.add_argument("--window", type=int, default=None,
+                   help="side of the window crop in px of the original frame (320)")
+    s.add_argument("--no-crop", action="store_true", help="same as --crop none")
     s.add_argument("--skip-bad", action="store_true",
                    help="skip unreadable images (listed in the manifest) instead of failing")
     s.add_argument("--no-overwrite", dest="overwrite", action="store_false",
@@ -123,14 +152,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--folds", type=int, nargs="*", default=None, help="training folds")
     s.add_argument("--out", default=None,
                    help="metrics JSON path (default: metrics-<split>.json beside the model)")
+    s.add_argument("--threshold", type=float, default=None,
+                   help="decision threshold (default: the one stored in the model)")
     s.set_defaults(func=_evaluate)
 
     s = sub.add_parser("predict", help="probability of ALL for image files")
     s.add_argument("model", help="a .keras file")
     s.add_argument("inputs", nargs="+", help="image files or folders")
-    s.add_argument("--threshold", type=float, default=0.5, help="P(ALL) at which to call ALL")
-    s.add_argument("--no-crop", action="store_true",
-                   help="the model was trained on a store ingested with --no-crop")
+    s.add_argument("--threshold", type=float, default=None,
+                   help="P(ALL) at or above which a cell is called ALL (default: the threshold "
+                   "stored in the model, chosen on held-out patients; 0.5 if it has none)")
+    s.add_argument("--csv", help="also write path,p_all,class rows to this CSV file")
+    s.add_argument("--crop", choices=["window", "cell", "none"], default=None,
+                   help="override the crop stored in the model (models saved before crops were "
+                   "stored: the crop of the store they were trained on)")
+    s.add_argument("--no-crop", action="store_true", help="same as --crop none")
     s.set_defaults(func=_predict)
     return p
 

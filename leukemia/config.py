@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine")
 WEIGHTS = ("none", "imagenet")
 CLASS_WEIGHTS = ("none", "balanced", "sqrt")  # sqrt: square root of the balanced weights
 
@@ -28,6 +29,14 @@ class TrainConfig:
     batch_size: int = 32  # images per step
     epochs: int = 10  # total epochs, frozen-backbone epochs included
     learning_rate: float = 1e-3  # peak learning rate of the optimizer
+    # cosine: linear warm-up, then cosine decay to 0 at schedule_epochs; steadier held-out
+    # scores between epochs than a constant rate (benchmarks/quality.py, PERFORMANCE.md)
+    lr_schedule: str = "cosine"
+    warmup_epochs: int = 1  # linear warm-up epochs of the cosine schedule
+    # epochs the cosine decay spans (0: epochs). A search sets ASHA's max_t, so a trial stopped
+    # early and a retrain for its peak epoch count follow the same learning-rate curve
+    schedule_epochs: int = 0
+    ema: bool = False  # score and export an exponential moving average of the weights
     optimizer: str = "adam"  # adam | adamw | sgd (momentum 0.9, Nesterov)
     weight_decay: float = 0.0  # decoupled weight decay (adamw, sgd); 0 disables
     dropout: float = 0.2  # dropout before the classification unit
@@ -52,6 +61,10 @@ class TrainConfig:
             ("epochs", 1 <= self.epochs <= 1000, "between 1 and 1000"),
             ("learning_rate", 0 < self.learning_rate <= 1, "in (0, 1]"),
             ("optimizer", self.optimizer in OPTIMIZERS, f"one of {OPTIMIZERS}"),
+            ("lr_schedule", self.lr_schedule in SCHEDULES, f"one of {SCHEDULES}"),
+            ("warmup_epochs", 0 <= self.warmup_epochs <= 100, "between 0 and 100"),
+            ("schedule_epochs", self.schedule_epochs == 0 or self.schedule_epochs >= self.epochs,
+             f"0 (the epochs) or at least epochs={self.epochs}"),
             ("weight_decay", 0 <= self.weight_decay < 1, "in [0, 1)"),
             ("dropout", 0 <= self.dropout < 1, "in [0, 1)"),
             ("augment_strength", 0 <= self.augment_strength <= 1, "in [0, 1]"),

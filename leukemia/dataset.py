@@ -1,6 +1,6 @@
-"""Read the C-NMC 2019 folder layout into labelled records.
+"""Read a C-NMC 2019 folder (Kaggle's or TCIA's distribution) into labelled records.
 
-The Kaggle / TCIA layout::
+Kaggle's layout (``andrewmvd/leukemia-classification``)::
 
     C-NMC_Leukemia/
       training_data/fold_{0,1,2}/{all,hem}/UID_<patient>_<image>_<cell>_<all|hem>.bmp
@@ -8,7 +8,18 @@ The Kaggle / TCIA layout::
       validation_data/C-NMC_test_prelim_phase_data_labels.csv   (Patient_ID,new_names,labels)
       testing_data/...                                          (unlabelled: ignored)
 
-``scan(root)`` accepts ``C-NMC_Leukemia/`` or its parent and returns a :class:`Scan`: one
+TCIA's layout (optionally inside a ``PKG - C-NMC 2019/`` folder)::
+
+    C-NMC_training_data/fold_{0,1,2}/{all,hem}/UID_....bmp
+    C-NMC_test_prelim_phase_data/[C-NMC_test_prelim_phase_data/]<N>.bmp
+    C-NMC_test_prelim_phase_data_labels.csv       (inside the prelim folder or beside it)
+    C-NMC_test_final_phase_data/...               (unlabelled: ignored)
+
+Images may be in any format OpenCV decodes (``.bmp .png .jpg .jpeg .tif .tiff``, any letter
+case): re-encoded mirrors are common. A folder with training data only is read with a note (a
+search on it reports its cross-validated estimate as its final score).
+
+``scan(root)`` accepts the dataset folder or its parent and returns a :class:`Scan`: one
 :class:`Record` per image plus what was noticed on the way (validation rows whose image is not on
 disk, ignored folders). Every problem with the layout raises :class:`DatasetError` naming the file
 or folder and how to fix it. Pixels are not read here; that is ingest's job (``store.py``).
@@ -32,6 +43,9 @@ LABELS = {"all": 1, "hem": 0}  # 1 = ALL blast (positive class), 0 = normal (hem
 VALIDATION_DIR = "validation_data"
 VALIDATION_IMAGES = "C-NMC_test_prelim_phase_data"
 VALIDATION_CSV = "C-NMC_test_prelim_phase_data_labels.csv"
+TCIA_TRAINING = "C-NMC_training_data"
+TCIA_FINAL = "C-NMC_test_final_phase_data"
+TCIA_PACKAGE = "PKG - C-NMC 2019"
 CSV_COLUMNS = ("Patient_ID", "new_names", "labels")
 IMAGE_SUFFIXES = {".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 
@@ -81,22 +95,89 @@ def parse_name(name: str) -> tuple[str, int]:
     return m["patient"], LABELS[m["cls"].lower()]
 
 
-def find_root(path: str | Path) -> Path:
-    """Return the ``C-NMC_Leukemia`` folder given it or its parent."""
+@dataclass(frozen=True)
+class Layout:
+    """Where a distribution keeps its parts (``None``: absent)."""
+
+    root: Path  # image ids are relative to this folder
+    kind: str  # "kaggle" | "tcia"
+    training: Path | None  # the folder holding fold_<k>/
+    validation_images: Path | None  # the preliminary-test images
+    validation_csv: Path | None  # their labels
+    ignored: tuple[str, ...] = ()  # unlabelled folders present (notes)
+
+
+def _has_images(folder: Path) -> bool:
+    return any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir() if p.is_file())
+
+
+def _tcia_layout(root: Path) -> Layout:
+    train = root / TCIA_TRAINING
+    prelim = root / VALIDATION_IMAGES
+    images: Path | None = None
+    csv_path: Path | None = None
+    if prelim.is_dir():
+        nested = prelim / VALIDATION_IMAGES
+        images = nested if nested.is_dir() and not _has_images(prelim) else prelim
+        for cand in (prelim / VALIDATION_CSV, root / VALIDATION_CSV, images / VALIDATION_CSV):
+            if cand.is_file():
+                csv_path = cand
+                break
+        else:
+            raise DatasetError(
+                f"{prelim}: the preliminary-test images have no labels: expected "
+                f"{prelim / VALIDATION_CSV} or {root / VALIDATION_CSV} (columns "
+                f"{','.join(CSV_COLUMNS)}, from TCIA's C-NMC 2019 download); put it there or "
+                f"remove {prelim.name}/ to ingest the training data only")
+    ignored = tuple(f"{TCIA_FINAL}/ has no public labels and is ignored"
+                    for _ in [0] if (root / TCIA_FINAL).is_dir())
+    return Layout(root, "tcia", train if train.is_dir() else None, images, csv_path, ignored)
+
+
+def _kaggle_layout(root: Path) -> Layout:
+    vdir = root / VALIDATION_DIR
+    images = csv_path = None
+    if vdir.is_dir():
+        images = vdir / VALIDATION_IMAGES
+        csv_path = next((c for c in (vdir / VALIDATION_CSV, images / VALIDATION_CSV)
+                         if c.is_file()), None)
+        if csv_path is None:
+            raise DatasetError(f"{vdir / VALIDATION_CSV}: labels CSV missing; validation images "
+                               f"cannot be labelled without it (columns {','.join(CSV_COLUMNS)})")
+    ignored = tuple("testing_data/ has no public labels and is ignored"
+                    for _ in [0] if (root / "testing_data").is_dir())
+    train = root / "training_data"
+    return Layout(root, "kaggle", train if train.is_dir() else None, images, csv_path, ignored)
+
+
+def find_layout(path: str | Path) -> Layout:
+    """Find a Kaggle or TCIA C-NMC distribution at ``path`` or one folder below it.
+
+    Raises:
+        DatasetError: ``path`` is missing, holds no known layout, or its validation images
+            have no labels CSV.
+    """
     path = Path(path).expanduser()
     if not path.is_dir():
-        raise DatasetError(f"{path}: no such folder; point at a C-NMC_Leukemia folder or its "
-                           "parent")
-    for cand in (path, path / ROOT_NAME):
+        raise DatasetError(f"{path}: no such folder; point at a C-NMC_Leukemia folder (Kaggle), "
+                           f"the folder holding {TCIA_TRAINING}/ (TCIA), or its parent")
+    for cand in (path, path / ROOT_NAME, path / TCIA_PACKAGE):
         if (cand / "training_data").is_dir() or (cand / VALIDATION_DIR).is_dir():
-            return cand
+            return _kaggle_layout(cand)
+        if (cand / TCIA_TRAINING).is_dir() or (cand / VALIDATION_IMAGES).is_dir():
+            return _tcia_layout(cand)
     raise DatasetError(
         f"{path} is not the C-NMC layout: expected "
-        f"{ROOT_NAME}/training_data/fold_<k>/{{all,hem}}/ "
-        f"and {ROOT_NAME}/{VALIDATION_DIR}/ in it or in {path / ROOT_NAME}; "
-        "download andrewmvd/leukemia-classification and unpack it, or run "
-        "`leukemia demo-data DIR`"
+        f"{ROOT_NAME}/training_data/fold_<k>/{{all,hem}}/ (Kaggle) or "
+        f"{TCIA_TRAINING}/fold_<k>/{{all,hem}}/ (TCIA, optionally under '{TCIA_PACKAGE}/') "
+        f"in it or one folder below; download andrewmvd/leukemia-classification (Kaggle) or "
+        "C-NMC 2019 (TCIA) and unpack it, or run `leukemia demo-data DIR`"
     )
+
+
+def find_root(path: str | Path) -> Path:
+    """Return the dataset folder (``C-NMC_Leukemia`` or TCIA's) given it or its parent."""
+    return find_layout(path).root
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -107,11 +188,12 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in files if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _scan_training(root: Path) -> list[Record]:
-    tdir = root / "training_data"
-    if not tdir.is_dir():
-        raise DatasetError(f"{root}: no training_data/ folder; the C-NMC layout has "
-                           "training_data/fold_{0,1,2}/{all,hem}/")
+def _scan_training(layout: Layout) -> list[Record]:
+    root, tdir = layout.root, layout.training
+    if tdir is None:
+        name = "training_data" if layout.kind == "kaggle" else TCIA_TRAINING
+        raise DatasetError(f"{root}: no {name}/ folder; the C-NMC layout has "
+                           f"{name}/fold_{{0,1,2}}/{{all,hem}}/")
     folds = sorted((int(m[1]), p) for p in tdir.iterdir()
                    if p.is_dir() and (m := _FOLD.match(p.name)))
     other = sorted(p.name for p in tdir.iterdir() if p.is_dir() and not _FOLD.match(p.name))
@@ -178,14 +260,10 @@ def read_labels_csv(path: Path) -> list[tuple[str, str, int]]:
     return rows
 
 
-def _scan_validation(root: Path) -> tuple[list[Record], list[str]]:
-    vdir = root / VALIDATION_DIR
-    if not vdir.is_dir():
+def _scan_validation(layout: Layout) -> tuple[list[Record], list[str]]:
+    root, csv_path, img_dir = layout.root, layout.validation_csv, layout.validation_images
+    if csv_path is None or img_dir is None:
         return [], []
-    csv_path, img_dir = vdir / VALIDATION_CSV, vdir / VALIDATION_IMAGES
-    if not csv_path.is_file():
-        raise DatasetError(f"{csv_path}: labels CSV missing; validation images cannot be labelled "
-                           f"without it (columns {','.join(CSV_COLUMNS)})")
     records, missing = [], []
     rows = read_labels_csv(csv_path)
     seen: dict[str, int] = {}
@@ -200,19 +278,31 @@ def _scan_validation(root: Path) -> tuple[list[Record], list[str]]:
         if name_label != label:
             raise DatasetError(f"{csv_path}: {original} is labelled {label} but its name says "
                                f"{'all' if name_label else 'hem'}; fix the row")
-        p = img_dir / new_name
-        if not p.is_file():
+        p: Path | None = img_dir / new_name
+        if p is None or not p.is_file():
+            p = _any_format(img_dir, new_name)
+        if p is None:
             missing.append(new_name)
             continue
         records.append(Record(
             image_id=p.relative_to(root).with_suffix("").as_posix(), split=VALIDATION, fold=None,
             patient_id=patient, label=label, source_path=str(p.resolve()), original_name=original))
     if img_dir.is_dir():
-        unlisted = {p.name for p in _images_in(img_dir)} - set(seen)
+        listed = {Path(n).stem for n in seen}
+        unlisted = {p.name for p in _images_in(img_dir) if p.stem not in listed}
         if unlisted:
             log.warning("%s: %d image(s) not listed in %s are ignored, e.g. %s", img_dir,
                         len(unlisted), VALIDATION_CSV, sorted(unlisted)[0])
     return records, missing
+
+
+def _any_format(folder: Path, name: str) -> Path | None:
+    """``folder/name`` saved in another image format (a re-encoded mirror), if there is one."""
+    stem = Path(name).stem
+    for p in (folder.glob(f"{stem}.*") if folder.is_dir() else ()):
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+            return p
+    return None
 
 
 def check_patient_folds(records: list[Record]) -> None:
@@ -244,16 +334,19 @@ def scan(path: str | Path) -> Scan:
     Raises:
         DatasetError: the layout, a file name or the labels CSV is wrong (message names the file).
     """
-    root = find_root(path)
-    records = _scan_training(root)
+    layout = find_layout(path)
+    root = layout.root
+    records = _scan_training(layout)
     check_patient_folds(records)
-    val, missing = _scan_validation(root)
+    val, missing = _scan_validation(layout)
     notes = []
     if missing:
         notes.append(f"{len(missing)} of {len(missing) + len(val)} validation images listed in "
                      f"{VALIDATION_CSV} are not on disk (skipped)")
-    if (root / "testing_data").is_dir():
-        notes.append("testing_data/ has no public labels and is ignored")
+    if layout.validation_images is None:
+        notes.append("no labelled validation images (training data only): a search reports its "
+                     "cross-validated estimate as its final score")
+    notes += layout.ignored
     train_patients = {r.patient_id for r in records}
     both = sorted({r.patient_id for r in val} & train_patients)
     if both:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,36 +15,53 @@ from typing import Any
 import numpy as np
 
 from leukemia import metrics as M
-from leukemia.dataset import IMAGE_SUFFIXES, VALIDATION
+from leukemia.dataset import IMAGE_SUFFIXES, VALIDATION, parse_name
 from leukemia.store import Selection, Store, decode_image
 from leukemia.train import atomic_write, predict_proba
 
+log = logging.getLogger(__name__)
 
-def score(model: Any, sel: Selection, *, seed: int = 0) -> tuple[dict[str, Any], np.ndarray]:
-    """C-NMC metrics of ``model`` on ``sel`` and its probabilities."""
+
+def score(model: Any, sel: Selection, *, seed: int = 0,
+          threshold: float | None = None) -> tuple[dict[str, Any], np.ndarray]:
+    """C-NMC metrics of ``model`` on ``sel`` (at its stored threshold unless given) and its
+    probabilities."""
+    from leukemia.models import model_spec
+
+    t = model_spec(model)["threshold"] if threshold is None else threshold
     p = predict_proba(model, sel.images)
-    return M.binary_metrics(sel.labels, p, sel.patient_ids, seed=seed), p
+    return M.binary_metrics(sel.labels, p, sel.patient_ids, seed=seed, threshold=t), p
 
 
 def evaluate_model(model_path: str | Path, store: Store | str, *, split: str = VALIDATION,
-                   folds: Sequence[int] | None = None,
-                   out: str | Path | None = None) -> dict[str, Any]:
-    """Evaluate a ``.keras`` model; write its metrics as JSON (default: ``metrics-<split>.json``
-    beside the model, so training's ``metrics.json`` is kept).
+                   folds: Sequence[int] | None = None, out: str | Path | None = None,
+                   threshold: float | None = None) -> dict[str, Any]:
+    """Evaluate a ``.keras`` model at its stored threshold (and at 0.5); write the metrics as
+    JSON (default: ``metrics-<split>.json`` beside the model, so training's ``metrics.json`` is
+    kept).
 
     Returns:
-        The metrics (keys of :func:`leukemia.metrics.binary_metrics`).
-    """
-    from leukemia.models import load_model
+        The metrics (keys of :func:`leukemia.metrics.binary_metrics`, plus ``at_0.5``).
 
-    model_path = Path(model_path)
-    if not model_path.is_file():
-        raise FileNotFoundError(f"{model_path}: no such model file")
+    Raises:
+        FileNotFoundError, ValueError: the model file is missing or unreadable (named).
+    """
+    from leukemia.models import load_model, model_spec
+
     model = load_model(str(model_path))
     store = store if isinstance(store, Store) else Store(store)
-    metrics, _ = score(model, store.load(split, folds))
-    metrics = {**metrics, "split": split, "store": store.uri}
-    out = Path(out) if out else model_path.with_name(f"metrics-{split}.json")
+    spec = model_spec(model)
+    crop = store.crop
+    sel = store.load(split, folds)
+    metrics, p = score(model, sel, threshold=threshold)
+    at_half = M.binary_metrics(sel.labels, p, sel.patient_ids, threshold=0.5)
+    metrics = {**metrics, "at_0.5": at_half, "split": split, "store": store.uri,
+               "store_crop": list(crop), "model_crop": [spec["crop"], spec["window"]]}
+    if list(crop) != [spec["crop"], spec["window"]] and spec["info"]:
+        log.warning("%s was trained on %s crops but %s holds %s crops: the scores are not those "
+                    "of the model's own preprocessing", model_path, spec["crop"], store.uri,
+                    crop[0])
+    out = Path(out) if out else Path(model_path).with_name(f"metrics-{split}.json")
     atomic_write(out, json.dumps(metrics, indent=2))
     return metrics
 
@@ -63,14 +81,20 @@ def _expand(inputs: Sequence[str | Path]) -> list[Path]:
 
 
 def predict_files(model_path: str | Path, inputs: Sequence[str | Path], *,
-                  crop: bool = True,
-                  batch_size: int = 64) -> Iterator[tuple[Path, float]]:
-    """Yield ``(path, P(ALL))`` for image files or folders, decoded as ingest does."""
-    from leukemia.models import load_model
+                  crop: str | None = None, batch_size: int = 64,
+                  ) -> Iterator[tuple[Path, float]]:
+    """Yield ``(path, P(ALL))`` for image files or folders, prepared as the model's training
+    images were (the crop stored in the model, unless ``crop`` overrides it).
 
-    if not Path(model_path).is_file():
-        raise FileNotFoundError(f"{model_path}: no such model file")
+    Raises:
+        FileNotFoundError: the model or an input is missing.
+        ValueError: the model or an image cannot be read (the file is named).
+    """
+    from leukemia.models import load_model, model_spec
+
     model = load_model(str(model_path))
+    spec = model_spec(model)
+    mode, window = (spec["crop"], spec["window"]) if crop is None else (crop, None)
     size = int(model.input_shape[1])
     files = _expand(inputs)
     for start in range(0, len(files), batch_size):
@@ -78,8 +102,31 @@ def predict_files(model_path: str | Path, inputs: Sequence[str | Path], *,
         batch = []
         for f in chunk:
             try:
-                batch.append(decode_image(str(f), size, crop)[0])
+                batch.append(decode_image(str(f), size, mode, window=window)[0])
             except ValueError as e:
                 raise ValueError(f"{f}: {e}") from e
         probs = predict_proba(model, np.stack(batch))
         yield from zip(chunk, map(float, probs))
+
+
+def stored_threshold(model_path: str | Path) -> float:
+    """The decision threshold stored in a model (0.5 for a model without one)."""
+    from leukemia.models import load_model, model_spec
+
+    return float(model_spec(load_model(str(model_path)))["threshold"])
+
+
+def patient_summary(rows: Sequence[tuple[Path, float]], threshold: float
+                    ) -> list[dict[str, Any]]:
+    """Per patient (from ``UID_<patient>_...`` file names): cells, mean P(ALL), share called
+    ALL. Files without a patient id in their name are left out."""
+    by: dict[str, list[float]] = {}
+    for path, p in rows:
+        try:
+            patient, _ = parse_name(path.name)
+        except ValueError:
+            continue
+        by.setdefault(patient, []).append(p)
+    return [{"patient_id": k, "cells": len(v), "mean_p_all": float(np.mean(v)),
+             "share_all": float(np.mean(np.asarray(v) >= threshold))}
+            for k, v in sorted(by.items())]

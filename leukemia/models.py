@@ -103,6 +103,60 @@ def _preprocess_layer() -> type:
 
 
 _PREPROCESS: type | None = None
+_EXPORT: dict[str, type] = {}
+SPEC_LAYER = "cnmc_spec"  # the exported model's metadata layer
+SYMMETRIES = 8  # the dihedral group of the square: 4 rotations x optional flip
+
+
+def _export_layers() -> dict[str, type]:
+    """The serialisable layers of an exported classifier (built once, on first use)."""
+    if _EXPORT:
+        return _EXPORT
+    import keras
+    from keras import ops
+
+    @keras.saving.register_keras_serializable(package="leukemia")
+    class CellSpec(keras.layers.Layer):
+        """Identity on the pixels; carries what ``predict`` needs to prepare a raw image and
+        decide its class: the crop, the input size, the decision threshold, TTA, members."""
+
+        def __init__(self, crop: str = "cell", window: int | None = None, image_size: int = 0,
+                     threshold: float = 0.5, tta: bool = False, members: int = 1,
+                     info: dict | None = None, **kw: Any) -> None:
+            super().__init__(**kw)
+            self.crop, self.window, self.image_size = crop, window, image_size
+            self.threshold, self.tta, self.members = float(threshold), bool(tta), int(members)
+            self.info = dict(info or {})
+
+        def call(self, x: Any) -> Any:
+            return ops.cast(x, "float32")
+
+        def get_config(self) -> dict[str, Any]:
+            return {**super().get_config(), "crop": self.crop, "window": self.window,
+                    "image_size": self.image_size, "threshold": self.threshold,
+                    "tta": self.tta, "members": self.members, "info": self.info}
+
+    @keras.saving.register_keras_serializable(package="leukemia")
+    class DihedralStack(keras.layers.Layer):
+        """(B, H, W, C) -> (8B, H, W, C): the 4 rotations of the batch and of its transpose."""
+
+        def call(self, x: Any) -> Any:
+            views = []
+            for base in (x, ops.transpose(x, (0, 2, 1, 3))):
+                for _ in range(4):
+                    views.append(base)
+                    base = ops.flip(ops.transpose(base, (0, 2, 1, 3)), axis=2)  # rotate 90
+            return ops.concatenate(views, axis=0)
+
+    @keras.saving.register_keras_serializable(package="leukemia")
+    class GroupMean(keras.layers.Layer):
+        """(8B, 1) -> (B, 1): the mean over the 8 views of each image."""
+
+        def call(self, p: Any) -> Any:
+            return ops.mean(ops.reshape(p, (SYMMETRIES, -1, 1)), axis=0)
+
+    _EXPORT.update(CellSpec=CellSpec, DihedralStack=DihedralStack, GroupMean=GroupMean)
+    return _EXPORT
 
 
 def preprocess(mode: str) -> Any:
@@ -239,11 +293,79 @@ def create_backbone(name: str, *, image_size: int, weights: str = "none",
     return keras.Model(inputs, out, name=name)
 
 
+def export_model(members: list[Any], *, crop: str, window: int | None, threshold: float = 0.5,
+                 tta: bool = True, info: dict[str, Any] | None = None) -> Any:
+    """One classifier from trained members: raw pixels in, mean P(ALL) out.
+
+    Args:
+        members: trained classifiers of one input size (e.g. one per held-out fold and seed).
+        crop, window: how images were cropped at ingest; ``predict`` applies the same.
+        threshold: P(ALL) at or above which a cell is called ALL (stored in the model).
+        tta: average each member over the 8 flips/90-degree rotations of the cell (a cell has
+            no orientation), inside the model, so anyone loading it gets the same scores.
+        info: JSON-serialisable notes kept in the model (e.g. where the threshold came from).
+
+    Returns:
+        A ``keras.Model`` whose metadata :func:`model_spec` reads back.
+    """
+    import keras
+    from keras import layers
+
+    if not members:
+        raise ValueError("export_model: no members to export")
+    size = int(members[0].input_shape[1])
+    if any(int(m.input_shape[1]) != size for m in members):
+        raise ValueError("export_model: the members take different input sizes: "
+                         f"{[int(m.input_shape[1]) for m in members]}")
+    L = _export_layers()
+    inputs = keras.Input((size, size, 3), name="pixels")
+    x = L["CellSpec"](crop=crop, window=window, image_size=size, threshold=threshold, tta=tta,
+                      members=len(members), info=info, name=SPEC_LAYER)(inputs)
+    if tta:
+        x = L["DihedralStack"](name="tta_views")(x)
+    outs = []
+    for i, m in enumerate(members):
+        m.name = f"member_{i}"  # nested models need distinct names in one graph
+        outs.append(m(x))
+    p = outs[0] if len(outs) == 1 else layers.Average(name="ensemble_mean")(outs)
+    if tta:
+        p = L["GroupMean"](name="tta_mean")(p)
+    return keras.Model(inputs, p, name="cnmc_classifier")
+
+
+def model_spec(model: Any) -> dict[str, Any]:
+    """What a classifier needs to score a raw image: crop, window, image_size, threshold, tta,
+    members, info. A model saved before these were stored (a trial checkpoint, an older export)
+    gets the defaults of its time: the cell crop and the 0.5 threshold."""
+    try:
+        layer = model.get_layer(SPEC_LAYER)
+    except ValueError:
+        return {"crop": "cell", "window": None, "image_size": int(model.input_shape[1]),
+                "threshold": 0.5, "tta": False, "members": 1, "info": {}}
+    cfg = layer.get_config()
+    return {k: cfg[k] for k in ("crop", "window", "image_size", "threshold", "tta", "members",
+                                "info")}
+
+
 def load_model(path: str) -> Any:
-    """Load a saved classifier (``.keras``), with this module's custom layers registered."""
+    """Load a saved classifier (``.keras``), with this module's custom layers registered.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a readable Keras model (truncated, corrupt, other format).
+    """
     global _PREPROCESS
     if _PREPROCESS is None:
         _PREPROCESS = _preprocess_layer()
+    _export_layers()
+    from pathlib import Path
+
     import keras
 
-    return keras.models.load_model(path)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such model file")
+    try:
+        return keras.models.load_model(path)
+    except Exception as e:  # zipfile.BadZipFile, KeyError, ValueError, OSError, ...
+        raise ValueError(f"{path}: not a readable .keras model ({type(e).__name__}: {e}); "
+                         "re-export it or point at another file") from e

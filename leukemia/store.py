@@ -6,9 +6,11 @@ columns plus ``image``, the decoded RGB pixels (uint8, ``size x size x 3``) as o
 ``fixed_size_binary`` value, zstd-compressed. Reading a selection back is a Parquet decode plus
 ``np.frombuffer`` on the column buffer: no per-image decoding.
 
-Ingest (``leukemia ingest DATA --store STORE``) decodes the BMPs on all cores, crops each cell to
-its bounding square (the cells sit in the middle of a black 450x450 frame), resizes it, and
-writes the store so that it is whole or absent and an earlier store survives a failed ingest: on
+Ingest (``leukemia ingest DATA --store STORE``) decodes the images on all cores, crops each
+(the cells sit in a black 450x450 frame): by default a 320 px window of the frame centred on the
+cell, so cells keep their real size (a morphological cue: blasts are larger), or the cell's
+bounding square (``--crop cell``) or nothing (``--crop none``), resizes it, and writes
+the store so that it is whole or absent and an earlier store survives a failed ingest: on
 a local or shared filesystem under a temporary name renamed into place when complete; on an
 object store (which cannot rename a folder) as a new uniquely named data file committed by
 writing ``manifest.json`` (one atomic PUT) that points at it. A folder without a manifest is not
@@ -80,15 +82,83 @@ def crop_to_cell(img: np.ndarray, threshold: int = 10, margin: float = 0.05) -> 
     return out
 
 
-def decode_image(path: str, size: int, crop: bool = True,
-                 raw: bytes | None = None) -> tuple[np.ndarray, int, int]:
-    """Read one image file as RGB uint8, crop to the cell, resize to ``size``.
+def crop_window(img: np.ndarray, window: int, threshold: int = 10) -> np.ndarray:
+    """A ``window`` x ``window`` px window of the frame centred on the cell's centroid.
+
+    The cell keeps its size in pixels (a native-scale crop): parts of the window outside the
+    frame are black, so a window larger than the frame, or an image smaller than the window, is
+    padded rather than an error. An all-black image is windowed around its centre.
+    """
+    if window < 1:
+        raise ValueError(f"window={window}: must be a positive number of pixels")
+    mask = img.max(axis=2) > threshold
+    ys, xs = np.nonzero(mask)
+    if ys.size:
+        cy, cx = int(round(ys.mean())), int(round(xs.mean()))
+    else:
+        cy, cx = img.shape[0] // 2, img.shape[1] // 2
+    top, left = cy - window // 2, cx - window // 2
+    out = np.zeros((window, window, 3), dtype=img.dtype)
+    sy0, sx0 = max(top, 0), max(left, 0)
+    sy1, sx1 = min(top + window, img.shape[0]), min(left + window, img.shape[1])
+    if sy1 > sy0 and sx1 > sx0:
+        out[sy0 - top:sy1 - top, sx0 - left:sx1 - left] = img[sy0:sy1, sx0:sx1]
+    return out
+
+
+CROPS = ("window", "cell", "none")
+DEFAULT_CROP = "window"  # set by benchmarks/quality.py on held-out patients (PERFORMANCE.md)
+DEFAULT_WINDOW = 320  # px of the 450 px frame: holds the largest cells whole (p99 side ~300 px)
+
+
+def check_crop(crop: str | bool, window: int | None = None) -> tuple[str, int | None]:
+    """Normalise a crop mode: ``(mode, window)``; ``True``/``False`` mean "cell"/"none".
+
+    Raises:
+        ValueError: unknown mode, or a window that is not a positive size.
+    """
+    if isinstance(crop, bool):
+        crop = "cell" if crop else "none"
+    if crop not in CROPS:
+        raise ValueError(f"crop={crop!r}: expected one of {', '.join(CROPS)}")
+    if crop != "window":
+        return crop, None
+    window = DEFAULT_WINDOW if window is None else int(window)
+    if not 8 <= window <= 4096:
+        raise ValueError(f"window={window}: the crop window side must be 8 to 4096 px")
+    return crop, window
+
+
+def preprocess_frame(img: np.ndarray, size: int, crop: str | bool = DEFAULT_CROP,
+                     window: int | None = DEFAULT_WINDOW) -> np.ndarray:
+    """Crop an RGB frame as ``crop`` says (``window``/``cell``/``none``) and resize to ``size``."""
+    import cv2
+
+    crop, window = check_crop(crop, window)
+    if crop == "cell":
+        img = crop_to_cell(img)
+    elif crop == "window":
+        assert window is not None
+        img = crop_window(img, window)
+    if img.shape[0] != size or img.shape[1] != size:
+        interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
+        img = cv2.resize(img, (size, size), interpolation=interp)
+    return np.ascontiguousarray(img)
+
+
+def decode_image(path: str, size: int, crop: str | bool = DEFAULT_CROP,
+                 raw: bytes | None = None, window: int | None = DEFAULT_WINDOW,
+                 ) -> tuple[np.ndarray, int, int]:
+    """Read one image file as RGB uint8, crop it (``window``/``cell``/``none``), resize it.
 
     Args:
-        path: the image file.
+        path: the image file (any format OpenCV decodes).
         size: output side in px.
-        crop: crop to the cell's bounding square first.
+        crop: ``"window"`` (a ``window`` px square of the frame centred on the cell: keeps its
+            size), ``"cell"`` (the cell's bounding square: every cell fills the frame),
+            ``"none"`` (the whole frame); ``True``/``False`` mean cell/none.
         raw: the file's bytes, if already read.
+        window: side of the window crop in px of the original frame.
 
     Returns:
         ``(pixels, source_height, source_width)``.
@@ -96,31 +166,34 @@ def decode_image(path: str, size: int, crop: bool = True,
     Raises:
         ValueError: the file is unreadable, truncated or not an image.
     """
+    img = _decode_rgb(path, raw)
+    h, w = img.shape[:2]
+    return preprocess_frame(img, size, crop, window), h, w
+
+
+def _decode_rgb(path: str, raw: bytes | None = None) -> np.ndarray:
     import cv2  # heavy import kept out of module import time
 
     data = np.frombuffer(raw, np.uint8) if raw is not None else np.fromfile(path, np.uint8)
     img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if img is None:
         raise ValueError("not a readable image (truncated, corrupt or not an image file)")
-    h, w = img.shape[:2]
-    img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)  # OpenCV decodes BGR; the store holds RGB
-    if crop:
-        img = crop_to_cell(img)
-    if img.shape[0] != size or img.shape[1] != size:
-        interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
-        img = cv2.resize(img, (size, size), interpolation=interp)
-    return np.ascontiguousarray(img), h, w
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)  # OpenCV decodes BGR; the store holds RGB
 
 
-def _decode_task(args: tuple[str, int, bool]) -> tuple[str | None, bytes, int, int, str]:
-    path, size, crop = args
+def _decode_task(args: tuple[str, int, str, int | None]
+                 ) -> tuple[str | None, bytes, int, int, str, str]:
+    path, size, crop, window = args
     try:
         raw = Path(path).read_bytes()
         sha = hashlib.sha256(raw).hexdigest()
-        pixels, h, w = decode_image(path, size, crop, raw=raw)
-        return None, pixels.tobytes(), h, w, sha
+        img = _decode_rgb(path, raw)
+        # duplicates are judged by decoded pixels: one cell re-saved has other file bytes
+        pixels_sha = hashlib.sha256(np.ascontiguousarray(img).tobytes()).hexdigest()
+        pixels = preprocess_frame(img, size, crop, window)
+        return None, pixels.tobytes(), img.shape[0], img.shape[1], sha, pixels_sha
     except (OSError, ValueError) as e:
-        return f"{path}: {e}", b"", 0, 0, ""
+        return f"{path}: {e}", b"", 0, 0, "", ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,20 +257,35 @@ def _schema(size: int) -> pa.Schema:
     ])
 
 
-def _duplicates(records: Sequence[Record], shas: Sequence[str]) -> list[str]:
-    """Warnings for byte-identical images across splits or patients (names included)."""
+def _duplicates(records: Sequence[Record], shas: Sequence[str]
+                ) -> tuple[list[list[str]], list[str]]:
+    """Groups of images with identical decoded pixels, and warnings for those that cross splits
+    or patients (names included).
+
+    Raises:
+        DatasetError: one image carries two labels (the files name both).
+    """
     by_sha: dict[str, list[Record]] = defaultdict(list)
     for r, s in zip(records, shas):
         by_sha[s].append(r)
-    out = []
+    groups, warnings, conflicts = [], [], []
     for group in by_sha.values():
         if len(group) < 2:
+            continue
+        groups.append([r.image_id for r in group])
+        names = ", ".join(f"{r.image_id} ({r.original_name})" for r in group)
+        if len({r.label for r in group}) > 1:
+            conflicts.append(names)
             continue
         splits, patients = {r.split for r in group}, {r.patient_id for r in group}
         if len(splits) > 1 or len(patients) > 1:
             where = "splits" if len(splits) > 1 else "patients"
-            out.append(f"identical image in two {where}: " + ", ".join(r.image_id for r in group))
-    return out
+            warnings.append(f"identical image (same decoded pixels) in two {where}: {names}")
+    if conflicts:
+        raise DatasetError(f"{len(conflicts)} image(s) saved more than once with different "
+                           "labels (identical decoded pixels); remove the wrong copy:\n  "
+                           + "\n  ".join(conflicts))
+    return groups, warnings
 
 
 def _counts(records: Iterable[Record]) -> dict[str, Any]:
@@ -218,8 +306,8 @@ def _counts(records: Iterable[Record]) -> dict[str, Any]:
 
 
 def ingest(data_dir: str | Path, store: str, *, size: int = 224, workers: int | None = None,
-           crop: bool = True, skip_bad: bool = False, overwrite: bool = True,
-           progress: bool = True) -> dict[str, Any]:
+           crop: str | bool = DEFAULT_CROP, window: int | None = None, skip_bad: bool = False,
+           overwrite: bool = True, progress: bool = True) -> dict[str, Any]:
     """Build a Parquet image store from a C-NMC dataset folder.
 
     Args:
@@ -227,7 +315,10 @@ def ingest(data_dir: str | Path, store: str, *, size: int = 224, workers: int | 
         store: destination folder or URI; replaced atomically if it exists and ``overwrite``.
         size: side of the stored square images in pixels.
         workers: decoding processes (default: all cores).
-        crop: crop each cell to its bounding square before resizing.
+        crop: ``"window"`` (a ``window`` px square of the frame centred on the cell, so
+            cells keep their size), ``"cell"`` (each cell's bounding square, so every cell
+            fills the image) or ``"none"`` (the whole frame); then resized to ``size``.
+        window: side of the window crop in px of the original frame (default 320).
         skip_bad: skip unreadable images (recorded in the manifest) instead of failing.
         overwrite: replace an existing store at ``store``.
         progress: show a progress line on stderr.
@@ -241,6 +332,7 @@ def ingest(data_dir: str | Path, store: str, *, size: int = 224, workers: int | 
     """
     if size < 8 or size > 4096:
         raise ValueError(f"size={size}: the stored image side must be between 8 and 4096 px")
+    crop, window = check_crop(crop, window)
     t0 = time.monotonic()
     scanned = dataset.scan(data_dir)
     records = scanned.records
@@ -260,7 +352,7 @@ def ingest(data_dir: str | Path, store: str, *, size: int = 224, workers: int | 
 
     results = []
     meter = Progress(len(records), "ingest", progress)
-    tasks = [(r.source_path, size, crop) for r in records]
+    tasks = [(r.source_path, size, crop, window) for r in records]
     if workers == 1:
         for i, t in enumerate(tasks, 1):
             results.append(_decode_task(t))
@@ -278,8 +370,7 @@ def ingest(data_dir: str | Path, store: str, *, size: int = 224, workers: int | 
                            "--skip-bad to leave them out:\n  " + "\n  ".join(bad))
     keep = [(r, res) for r, res in zip(records, results) if res[0] is None]
     records = [r for r, _ in keep]
-    shas = [res[4] for _, res in keep]
-    warnings = _duplicates(records, shas)
+    duplicates, warnings = _duplicates(records, [res[5] for _, res in keep])
     for msg in warnings:
         log.warning(msg)
 
@@ -290,10 +381,12 @@ def ingest(data_dir: str | Path, store: str, *, size: int = 224, workers: int | 
             "source": str(scanned.root),
             "image_size": size,
             "crop": crop,
+            "window": window,
             "n_images": len(records),
             **_counts(records),
             "missing_validation": len(scanned.missing_validation),
             "skipped_bad_files": bad,
+            "duplicates": duplicates,
             "duplicate_warnings": warnings,
             "notes": scanned.notes,
             "data_file": data_file,
@@ -305,7 +398,7 @@ def ingest(data_dir: str | Path, store: str, *, size: int = 224, workers: int | 
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
         fs.create_dir(tmp, recursive=True)
         try:
-            checksum = _write_images(fs, f"{tmp}/{DATA_FILE}", keep, size, crop)
+            checksum = _write_images(fs, f"{tmp}/{DATA_FILE}", keep, size, crop, window)
             manifest = manifest_for(checksum, DATA_FILE)
             _write_bytes(fs, f"{tmp}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
             _swap_into_place(fs, tmp, path)
@@ -320,7 +413,7 @@ def ingest(data_dir: str | Path, store: str, *, size: int = 224, workers: int | 
     data_file = f"images-{uuid.uuid4().hex[:12]}.parquet"
     fs.create_dir(path, recursive=True)
     try:
-        checksum = _write_images(fs, f"{path}/{data_file}", keep, size, crop)
+        checksum = _write_images(fs, f"{path}/{data_file}", keep, size, crop, window)
         manifest = manifest_for(checksum, data_file)
         _write_bytes(fs, f"{path}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
     except BaseException:
@@ -334,15 +427,15 @@ def ingest(data_dir: str | Path, store: str, *, size: int = 224, workers: int | 
 
 
 def _write_images(fs: pafs.FileSystem, file_path: str, keep: list, size: int,
-                  crop: bool) -> str:
+                  crop: str, window: int | None) -> str:
     """Write the decoded images as Parquet row groups; return the content checksum."""
     schema = _schema(size)
-    checksum = hashlib.sha256(f"v{SCHEMA_VERSION}:{size}:{crop}".encode())
+    checksum = hashlib.sha256(f"v{SCHEMA_VERSION}:{size}:{crop}:{window}".encode())
     with fs.open_output_stream(file_path) as sink, \
             pq.ParquetWriter(sink, schema, compression="zstd", compression_level=1) as writer:
         for start in range(0, len(keep), ROW_GROUP):
             cols: dict[str, list] = {k: [] for k in schema.names}
-            for r, (_, pixels, h, w, sha) in keep[start:start + ROW_GROUP]:
+            for r, (_, pixels, h, w, sha, _pixels_sha) in keep[start:start + ROW_GROUP]:
                 for k in _META:
                     cols[k].append(getattr(r, k))
                 cols["height"].append(size)
@@ -448,6 +541,11 @@ class Store:
         return int(self.manifest["image_size"])
 
     @property
+    def crop(self) -> tuple[str, int | None]:
+        """``(mode, window)`` the images were cropped with at ingest."""
+        return check_crop(self.manifest.get("crop", True), self.manifest.get("window"))
+
+    @property
     def checksum(self) -> str:
         return str(self.manifest["content_checksum"])
 
@@ -491,10 +589,16 @@ class Store:
         )
 
 
+def crop_text(manifest: dict[str, Any]) -> str:
+    """``window 320 px`` / ``cell`` / ``none`` for a manifest (old ones hold a bool)."""
+    mode, window = check_crop(manifest.get("crop", True), manifest.get("window"))
+    return f"window {window} px" if mode == "window" else mode
+
+
 def describe(manifest: dict[str, Any]) -> str:
     """A human-readable summary of a store's manifest."""
     lines = [f"image store: {manifest['n_images']} images, {manifest['image_size']} px, "
-             f"crop={'on' if manifest['crop'] else 'off'}, schema v{manifest['schema_version']}",
+             f"crop={crop_text(manifest)}, schema v{manifest['schema_version']}",
              f"source: {manifest['source']}",
              f"checksum: {manifest['content_checksum'][:16]}"]
     for split, c in manifest["splits"].items():
@@ -508,6 +612,8 @@ def describe(manifest: dict[str, Any]) -> str:
     if manifest.get("missing_validation"):
         lines.append(f"  validation rows of the labels CSV without an image on disk: "
                      f"{manifest['missing_validation']}")
+    for group in manifest.get("duplicates") or []:
+        lines.append(f"  same pixels saved twice: {', '.join(group)}")
     for key in ("skipped_bad_files", "duplicate_warnings", "notes"):
         for item in manifest.get(key) or []:
             lines.append(f"  {key.replace('_', ' ')}: {item}")

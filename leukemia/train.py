@@ -101,23 +101,61 @@ def configure_devices(gpu_memory_mb: int | None = None, threads: int | None = No
     return [g.name for g in gpus]
 
 
-def _optimizer(config: TrainConfig, lr: float) -> Any:
+def learning_rate(config: TrainConfig, peak: float, steps_per_epoch: int,
+                  first_epoch: int = 0) -> Any:
+    """The learning rate (a float or a Keras schedule) for training from ``first_epoch`` on.
+
+    ``cosine``: a linear warm-up over ``warmup_epochs`` to ``peak``, then a cosine decay to 0
+    at ``schedule_epochs`` (default: ``epochs``). A phase starting later (after a frozen-backbone
+    phase) decays over the remaining epochs without a new warm-up.
+    """
+    if config.lr_schedule == "constant":
+        return peak
     import keras
 
+    total = max(1, (config.schedule_epochs or config.epochs) - first_epoch) * steps_per_epoch
+    warmup = 0 if first_epoch else min(config.warmup_epochs * steps_per_epoch, total // 2)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=peak * (0.01 if warmup else 1.0), decay_steps=total - warmup,
+        alpha=0.0, warmup_target=peak if warmup else None, warmup_steps=warmup)
+
+
+def _optimizer(config: TrainConfig, lr: Any, steps_per_epoch: int) -> Any:
+    import keras
+
+    # EMA horizon of about one epoch: long enough to smooth step noise, short enough to follow
+    ema = {"use_ema": True, "ema_momentum": 1.0 - 1.0 / max(4, steps_per_epoch)} \
+        if config.ema else {}
     if config.optimizer == "adam":
-        return keras.optimizers.Adam(lr)
+        return keras.optimizers.Adam(lr, **ema)
     if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=config.weight_decay)
+        return keras.optimizers.AdamW(lr, weight_decay=config.weight_decay, **ema)
     return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True,
-                                weight_decay=config.weight_decay or None)
+                                weight_decay=config.weight_decay or None, **ema)
 
 
-def _compile(model: Any, config: TrainConfig, lr: float) -> None:
+def _compile(model: Any, config: TrainConfig, peak: float, steps_per_epoch: int,
+             first_epoch: int = 0) -> None:
     import keras
 
-    model.compile(optimizer=_optimizer(config, lr),
+    lr = learning_rate(config, peak, steps_per_epoch, first_epoch)
+    model.compile(optimizer=_optimizer(config, lr, steps_per_epoch),
                   loss=keras.losses.BinaryCrossentropy(label_smoothing=config.label_smoothing),
                   metrics=[keras.metrics.BinaryAccuracy(name="accuracy")])
+
+
+def _swap_ema(model: Any) -> bool:
+    """Swap the model's weights with the optimizer's moving averages; False without EMA."""
+    opt: Any = getattr(model, "optimizer", None)
+    opt = getattr(opt, "inner_optimizer", opt)  # mixed precision's LossScaleOptimizer
+    averages = getattr(opt, "_model_variables_moving_average", None)
+    if not getattr(opt, "use_ema", False) or not averages:
+        return False
+    for var, avg in zip(opt._trainable_variables, averages):
+        tmp = np.array(var.numpy())
+        var.assign(avg)
+        avg.assign(tmp)
+    return True
 
 
 def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
@@ -125,18 +163,66 @@ def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
-def predict_proba(model: Any, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """P(ALL) for a uint8 image array, resized to the model's input size."""
+def predict_proba(model: Any, images: np.ndarray, batch_size: int = 64,
+                  tta: bool = False) -> np.ndarray:
+    """P(ALL) for a uint8 image array, resized to the model's input size.
+
+    ``tta``: the mean over the 8 flips/90-degree rotations of each image (an exported model
+    does this inside itself; this is for plain trained models).
+    """
+    if tta:
+        views = [np.rot90(v, k, axes=(1, 2)) for v in (images, images.transpose(0, 2, 1, 3))
+                 for k in range(4)]
+        return np.mean([predict_proba(model, np.ascontiguousarray(v), batch_size)
+                        for v in views], axis=0)
     size = int(model.input_shape[1])
     ds = make_dataset(images, np.zeros(len(images)), image_size=size, batch_size=batch_size,
                       training=False)
     return np.asarray(model.predict(ds.map(lambda x, _: x), verbose=0)).reshape(-1)
 
 
+CV_FOLDS = 3  # patient groups made when a dataset has fewer than two official folds
+
+
+def cv_folds(patient_ids: np.ndarray, labels: np.ndarray, folds: np.ndarray,
+             k: int = CV_FOLDS) -> np.ndarray:
+    """Cross-validation folds: the official ones, or ``k`` patient groups if there are fewer
+    than two (e.g. ``../shared/data/cnmc-dev``, which holds fold_1 only).
+
+    The groups never split a patient; normal patients are dealt out first, one per group in
+    turn (they are few: recognising new people's normal cells is the hard part), then ALL
+    patients, largest first, each to the group with the fewest cells. Deterministic.
+    """
+    official = sorted(set(folds.tolist()))
+    if len(official) >= 2:
+        return folds
+    patients = sorted(set(patient_ids.tolist()))
+    cells = {p: int((patient_ids == p).sum()) for p in patients}
+    normal = {p: bool((labels[patient_ids == p] == 0).mean() > 0.5) for p in patients}
+    group: dict[str, int] = {}
+    size = [0] * k
+    for i, p in enumerate(sorted((p for p in patients if normal[p]),
+                                 key=lambda p: (-cells[p], p))):
+        group[p] = i % k
+        size[i % k] += cells[p]
+    for p in sorted((p for p in patients if not normal[p]), key=lambda p: (-cells[p], p)):
+        g = min(range(k), key=lambda j: (size[j], j))
+        group[p] = g
+        size[g] += cells[p]
+    log.info("one official training fold: cross-validating over %d patient groups %s", k,
+             {g: sorted(p for p in patients if group[p] == g) for g in range(k)})
+    return np.asarray([group[p] for p in patient_ids], dtype=np.int8)
+
+
 def load_split(store: Store | str, config: TrainConfig) -> tuple[Selection, Selection | None]:
-    """The training selection (all folds but ``val_fold``) and the validation fold."""
+    """The training selection (all folds but ``val_fold``) and the validation fold.
+
+    Folds are the official ones, or patient groups (:func:`cv_folds`) when the store has only
+    one training fold.
+    """
     store = store if isinstance(store, Store) else Store(store)
     data = store.load("training")
+    data.folds = cv_folds(data.patient_ids, data.labels, data.folds)
     if config.val_fold is None:
         return data, None
     held = data.folds == config.val_fold
@@ -193,53 +279,87 @@ def fit(config: TrainConfig, store: Store | str | tuple[Selection, Selection | N
         model = create_backbone(config.backbone, image_size=config.image_size,
                                 weights=config.weights, dropout=config.dropout)
     frozen_phase = initial_epoch < config.freeze_epochs
+    steps = max(1, math.ceil(len(train) / config.batch_size))
     if getattr(model, "optimizer", None) is None or frozen_phase:
         _set_backbone_trainable(model, BACKBONE_LAYER, not frozen_phase)
-        _compile(model, config, config.learning_rate)
+        _compile(model, config, config.learning_rate, steps)
 
     history: list[dict[str, Any]] = []
-    status = "ok"
+    state: dict[str, Any] = {"status": "ok", "last_p": None}  # last_p: last validation P(ALL)
     first_step = _FirstStep()
-    last_p: np.ndarray | None = None  # the last epoch's validation probabilities
-    for epoch in range(initial_epoch + 1, config.epochs + 1):
-        if config.freeze_epochs and epoch == config.freeze_epochs + 1:
-            # unfreeze: fine-tune everything at a tenth of the rate, as transfer learning does
-            _set_backbone_trainable(model, BACKBONE_LAYER, True)
-            _compile(model, config, config.learning_rate * 0.1)
-        t0 = time.monotonic()
-        h = model.fit(train_ds, epochs=epoch, initial_epoch=epoch - 1, class_weight=cw,
-                      shuffle=False,  # tf.data shuffles (seeded); silences a Keras warning
-                      callbacks=[keras.callbacks.TerminateOnNaN(), first_step],
-                      verbose=verbose)
-        logs = {k: float(v[-1]) for k, v in h.history.items()}
-        row: dict[str, Any] = {"epoch": epoch, "loss": logs.get("loss", math.nan),
-                               "accuracy": logs.get("accuracy", math.nan),
-                               "train_seconds": round(time.monotonic() - t0, 3),
-                               "train_images_per_s": round(len(train) / (time.monotonic() - t0),
-                                                           1)}
+
+    def on_epoch_end(epoch: int, logs: dict[str, Any], started: float) -> None:
+        seconds = time.monotonic() - started
+        row: dict[str, Any] = {"epoch": epoch, "loss": float(logs.get("loss", math.nan)),
+                               "accuracy": float(logs.get("accuracy", math.nan)),
+                               "train_seconds": round(seconds, 3),
+                               "train_images_per_s": round(len(train) / max(seconds, 1e-9), 1)}
         if first_step.at is not None and not history:
             row["first_step_at"] = first_step.at  # wall clock: trial overhead benchmarks
         if not math.isfinite(row["loss"]) or model.stop_training:
-            status = "nan"
-            row["status"] = status
+            state["status"] = row["status"] = "nan"
+            model.stop_training = True
             history.append(row)
             log.warning("epoch %d: loss is %s; stopping this run", epoch, row["loss"])
-            break
-        if val is not None:
-            p = last_p = predict_proba(model, val.images)
-            vm = M.binary_metrics(val.labels, p, val.patient_ids, n_boot=200, seed=config.seed)
-            row["val_loss"] = _log_loss(val.labels, p)
-            row.update({f"val_{k}": v for k, v in vm.items() if k != "confusion_matrix"})
-        history.append(row)
-        for cb in callbacks:
-            cb(epoch, row, model)
+            return
+        swapped = _swap_ema(model)  # score (and checkpoint) the averaged weights
+        try:
+            if val is not None:
+                p = state["last_p"] = predict_proba(model, val.images)
+                vm = M.binary_metrics(val.labels, p, val.patient_ids, n_boot=200,
+                                      seed=config.seed)
+                row["val_loss"] = _log_loss(val.labels, p)
+                row.update({f"val_{k}": v for k, v in vm.items() if k != "confusion_matrix"})
+            history.append(row)
+            for cb in callbacks:
+                cb(epoch, row, model)
+        finally:
+            if swapped:
+                _swap_ema(model)  # back to the raw weights to go on training
+
+    # phases: [start, end) epochs; a frozen backbone first, then fine-tuning at a tenth
+    phases = [(initial_epoch, config.epochs, not frozen_phase)]
+    if frozen_phase:
+        phases = [(initial_epoch, config.freeze_epochs, False),
+                  (config.freeze_epochs, config.epochs, True)]
+    for begin, end, unfrozen in phases:
+        if end <= begin or state["status"] != "ok":
+            continue
+        if frozen_phase and unfrozen:  # the fine-tuning phase after a frozen one
+            _set_backbone_trainable(model, BACKBONE_LAYER, True)
+            _compile(model, config, config.learning_rate * 0.1, steps, first_epoch=begin)
+        model.fit(train_ds, epochs=end, initial_epoch=begin, class_weight=cw,
+                  shuffle=False,  # tf.data shuffles (seeded); silences a Keras warning
+                  callbacks=[keras.callbacks.TerminateOnNaN(), first_step,
+                             _EpochEnd(on_epoch_end)],
+                  verbose=verbose)
+    status = state["status"]
     final = {}
     if val is not None and status == "ok":
+        last_p = state["last_p"]
         if last_p is None:  # resumed with no epoch left to run
             last_p = predict_proba(model, val.images)
         final = M.binary_metrics(val.labels, last_p, val.patient_ids, seed=config.seed)
     return FitResult(status=status, history=history, model=model, class_weight=cw,
                      metrics=final)
+
+
+class _EpochEnd:
+    """Keras callback calling ``fn(epoch (1-based), logs, epoch start time)`` after each epoch."""
+
+    def __new__(cls, fn: Callable[[int, dict[str, Any], float], None]) -> Any:
+        import keras
+
+        class EpochEnd(keras.callbacks.Callback):
+            started = time.monotonic()
+
+            def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+                self.started = time.monotonic()
+
+            def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+                fn(epoch + 1, dict(logs or {}), self.started)
+
+        return EpochEnd()
 
 
 class _FirstStep:
@@ -324,7 +444,14 @@ def train_and_save(config: TrainConfig, store: Store | str, out: str | Path) -> 
                                                      _brief(m))])
     write_history(out / "history.csv", result.history)
     if result.status == "ok":
-        save_model(result.model, out / "model.keras")
+        from leukemia.models import export_model
+
+        st = store if isinstance(store, Store) else Store(store)
+        crop, window = st.crop
+        # the crop travels with the model, so `leukemia predict` prepares raw images the same
+        save_model(export_model([result.model], crop=crop, window=window, threshold=0.5,
+                                tta=False, info={"source": "leukemia train"}),
+                   out / "model.keras")
     atomic_write(out / "metrics.json", json.dumps(
         {**result.metrics, "status": result.status, "val_fold": config.val_fold,
          "best_epoch": result.best_epoch, "class_weight": result.class_weight}, indent=2))

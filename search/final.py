@@ -1,18 +1,29 @@
-"""After the search: retrain the best configuration on all training folds, score it once on
-``validation_data``, export it.
+"""After the search: train the best configuration's final models, choose the decision threshold
+on held-out patients, export one ``.keras`` file, score it once on ``validation_data``.
 
-The best trial is the one with the highest held-out-fold weighted F1 at any epoch. Its
-configuration is retrained from scratch on all three training folds for the epoch count at which
-it peaked, once per seed (``--final-seeds``), each retrain running as a Ray task with a trial's
-resources (so it lands on a GPU worker of a cluster). The first seed's model is exported; the
-metrics of every seed are summarised as mean and standard deviation.
+``--final cv`` (the default): the best configuration is trained once per training fold held out
+(K = 3 on C-NMC; patient groups on a one-fold dataset) and per seed (``--final-seeds``), for the
+epoch count at which its trial peaked, all at once as Ray tasks across the cluster's free trial
+slots. Each member scores the fold it never saw: these out-of-fold predictions (every cell scored
+by a model that never trained on its patient) choose the threshold that maximises weighted F1 and
+give an honest cross-validated estimate (``cv_`` keys). ``best/model.keras`` is the whole
+ensemble: raw uint8 pixels in, the members' mean P(ALL) out, averaged over the 8 flips/rotations
+of the cell (TTA), with the crop and the threshold stored inside it.
+
+``--final all-folds``: one model per seed trained on all folds (no held-out predictions, so the
+threshold stays 0.5).
+
+Every finished member is kept under ``best/members/``: an interrupted final (``--resume``)
+reruns only the members that are missing.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import statistics
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,50 +31,113 @@ import numpy as np
 
 from leukemia import metrics as M
 from leukemia.train import atomic_write
+from search.settings import SearchSettings
 
 log = logging.getLogger(__name__)
 
 SUMMARY_KEYS = ("weighted_f1", "accuracy", "balanced_accuracy", "sensitivity", "specificity",
                 "precision", "roc_auc")
+MODES = ("cv", "all-folds")
+GALLERY = 48  # most confident validation errors shown in the report
 
 
-def retrain_and_score(config_dict: dict[str, Any], store: str, settings: dict[str, Any]
-                      ) -> dict[str, Any]:
-    """Train ``config_dict`` on all training folds; score the validation split.
+# ---------------------------------------------------------------------------------------------
+# Ray task bodies (run on workers)
 
-    Returns:
-        metrics, probabilities, labels, patient ids and the ``.keras`` file's bytes.
-    """
-    import tempfile
 
-    from leukemia.config import TrainConfig
-    from leukemia.evaluate import score
+def _prepare(settings: SearchSettings) -> Any:
     from leukemia.store import Store
-    from leukemia.train import fit, save_model
     from search.cache import local_store
-    from search.resources import trial_gpu_cap
     from search.trainable import load_plugins
 
-    load_plugins(settings.get("plugins") or [])
+    load_plugins(list(settings.plugins))
+    return Store(local_store(settings.store))
+
+
+def train_member(config_dict: dict[str, Any], settings: SearchSettings) -> dict[str, Any]:
+    """Train one member; return its ``.keras`` bytes and its held-out fold's predictions."""
+    from leukemia.config import TrainConfig
+    from leukemia.train import fit, load_split, predict_proba, save_model
+    from search.resources import trial_gpu_cap
+
     config = TrainConfig.from_dict(config_dict)
-    st = Store(local_store(store))
-    result = fit(config, st, gpu_memory_mb=trial_gpu_cap(settings.get("trials_per_gpu") or 0),
-                 threads=settings.get("cpus_per_trial"))
+    train, held = load_split(_prepare(settings), config)
+    result = fit(config, (train, held), gpu_memory_mb=trial_gpu_cap(settings.trials_per_gpu),
+                 threads=settings.cpus_per_trial)
     if result.status != "ok":
-        raise FloatingPointError(f"final retrain (seed {config.seed}) diverged: loss not finite")
-    val = st.load("validation")
-    metrics, probs = score(result.model, val, seed=config.seed)
+        raise FloatingPointError(f"final member (fold {config.val_fold}, seed {config.seed}) "
+                                 "diverged: loss not finite")
+    oof = None
+    if held is not None:
+        p = predict_proba(result.model, held.images, tta=settings.tta)
+        oof = {"image_ids": held.image_ids.tolist(), "patient_ids": held.patient_ids.tolist(),
+               "labels": held.labels.tolist(), "probs": p.tolist()}
     with tempfile.TemporaryDirectory() as d:
         save_model(result.model, Path(d) / "model.keras")
         model_bytes = (Path(d) / "model.keras").read_bytes()
-    return {"metrics": metrics, "probs": probs.tolist(), "labels": val.labels.tolist(),
-            "patient_ids": val.patient_ids.tolist(), "model": model_bytes,
-            "history": result.history, "seed": config.seed}
+    return {"fold": config.val_fold, "seed": config.seed, "model": model_bytes, "oof": oof,
+            "history": result.history}
+
+
+def export_and_score(member_files: list[str], settings: SearchSettings, threshold: float,
+                     info: dict[str, Any]) -> dict[str, Any]:
+    """Build the exported ensemble; score it on the validation split if the store has one."""
+    from leukemia.models import export_model, load_model
+    from leukemia.train import predict_proba, save_model
+
+    store = _prepare(settings)
+    members = [load_model(f) for f in member_files]
+    crop, window = store.crop
+    model = export_model(members, crop=crop, window=window, threshold=threshold,
+                         tta=settings.tta, info=info)
+    with tempfile.TemporaryDirectory() as d:
+        save_model(model, Path(d) / "model.keras")
+        model_bytes = (Path(d) / "model.keras").read_bytes()
+    out: dict[str, Any] = {"model": model_bytes, "validation": None,
+                           "samples": _samples(store)}
+    if "validation" in store.manifest.get("splits", {}):
+        val = store.load("validation")
+        p = predict_proba(model, val.images)
+        wrong = np.flatnonzero((p >= threshold).astype(int) != val.labels)
+        wrong = wrong[np.argsort(-np.abs(p[wrong] - threshold))][:GALLERY]
+        out["validation"] = {
+            "image_ids": val.image_ids.tolist(), "patient_ids": val.patient_ids.tolist(),
+            "labels": val.labels.tolist(), "probs": p.tolist(),
+            "wrong": [{"image_id": str(val.image_ids[i]), "patient_id": str(val.patient_ids[i]),
+                       "label": int(val.labels[i]), "p_all": float(p[i]),
+                       "pixels": _thumb(val.images[i])} for i in wrong]}
+    return out
+
+
+def _thumb(img: np.ndarray, side: int = 96) -> np.ndarray:
+    import cv2
+
+    if img.shape[0] <= side:
+        return np.ascontiguousarray(img)
+    return cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA)
+
+
+def _samples(store: Any, per_class: int = 8) -> dict[str, list[np.ndarray]]:
+    """A few training cells of each class, from as many patients as possible (report)."""
+    data = store.load("training")
+    out: dict[str, list[np.ndarray]] = {}
+    for name, label in (("ALL", 1), ("normal", 0)):
+        idx = np.flatnonzero(data.labels == label)
+        first = {}  # the first cell of each patient, then the rest
+        for i in idx:
+            first.setdefault(str(data.patient_ids[i]), int(i))
+        pick = list(first.values())
+        pick = (pick + [int(i) for i in idx if i not in first.values()])[:per_class]
+        out[name] = [_thumb(data.images[i]) for i in pick]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver side
 
 
 def best_trial(trials: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The trial with the highest objective at any epoch (held-out weighted F1, ties broken by
-    AUC; then fewer epochs, then the earlier trial)."""
+    """The trial with the highest objective at any epoch (then fewer epochs, then earlier)."""
     scored = [t for t in trials if t.get("best_objective") is not None]
     if not scored:
         return None
@@ -71,51 +145,189 @@ def best_trial(trials: list[dict[str, Any]]) -> dict[str, Any] | None:
                                       -t["number"]))
 
 
-def run_final(trial: dict[str, Any], settings: dict[str, Any], out: Path, *, seeds: int,
-              resources: dict[str, float]) -> dict[str, Any]:
-    """Retrain ``trial``'s configuration ``seeds`` times, export the first, write ``best/``.
-
-    Returns:
-        The ``final`` section of the report (config, metrics, seed summary, ROC, per patient).
-    """
-    import ray
-
+def plan_members(trial: dict[str, Any], settings: SearchSettings, folds: list[int], *,
+                 mode: str, seeds: int) -> list[Any]:
+    """The ``TrainConfig`` of every member: one per (held-out fold, seed), or per seed."""
     from leukemia.config import TrainConfig
     from search.space import to_train_overrides
 
+    if mode not in MODES:
+        raise ValueError(f"--final {mode!r}: expected one of {', '.join(MODES)}")
     epochs = int(trial["best_epoch"])
     overrides = to_train_overrides(trial["params"])
     if overrides.get("freeze_epochs", 0) >= epochs:
         overrides["freeze_epochs"] = max(0, epochs - 1)
-    base = TrainConfig().override({
-        "image_size": settings["image_size"], "batch_size": settings["batch_size"],
-        "weights": settings["weights"], "mixed_precision": bool(settings.get("mixed_precision")),
-        **overrides, "epochs": epochs, "val_fold": None})
-    configs = [base.override({"seed": settings["seed"] + i}) for i in range(seeds)]
-    task = ray.remote(retrain_and_score).options(
-        num_cpus=resources.get("CPU", 1), num_gpus=resources.get("GPU", 0), max_retries=1)
-    log.info("final: retraining %s for %d epochs on all training folds, %d seed(s)",
-             trial["trial_id"], epochs, seeds)
-    runs = ray.get([task.remote(c.to_dict(), settings["store"], settings) for c in configs])
+    base = TrainConfig().override({**settings.train_overrides(), **overrides, "epochs": epochs})
+    held: list[int | None] = list(folds) if mode == "cv" else [None]
+    return [base.override({"val_fold": f, "seed": settings.seed + s})
+            for f in held for s in range(seeds)]
 
-    best_dir = out / "best"
-    best_dir.mkdir(parents=True, exist_ok=True)
-    first = runs[0]
-    atomic_write(best_dir / "model.keras", first["model"])
-    atomic_write(best_dir / "config.json", configs[0].to_json())
-    summary = {k: _mean_std([r["metrics"][k] for r in runs]) for k in SUMMARY_KEYS}
-    metrics = {**first["metrics"], "split": "validation", "trial_id": trial["trial_id"],
-               "epochs": epochs, "seeds": [c.seed for c in configs], "seed_summary": summary}
+
+def training_folds(manifest: dict[str, Any]) -> list[int]:
+    """The cross-validation folds a store's training split gives (patient groups if one)."""
+    from leukemia.train import CV_FOLDS
+
+    folds = sorted(int(f) for f in manifest.get("folds", {}))
+    return folds if len(folds) >= 2 else list(range(CV_FOLDS))
+
+
+def run_final(trial: dict[str, Any], settings: SearchSettings, out: Path, *, mode: str = "cv",
+              seeds: int = 1, resources: dict[str, float], manifest: dict[str, Any]
+              ) -> dict[str, Any]:
+    """Train the final members (as concurrent Ray tasks), export ``best/``, return the report's
+    ``final`` section."""
+    import ray
+
+    configs = plan_members(trial, settings, training_folds(manifest), mode=mode, seeds=seeds)
+    best_dir, members_dir = out / "best", out / "best" / "members"
+    plan = {"trial_id": trial["trial_id"], "configs": [c.to_dict() for c in configs]}
+    if members_dir.is_dir():
+        old = members_dir / "plan.json"
+        if not old.is_file() or json.loads(old.read_text()) != plan:
+            shutil.rmtree(members_dir)  # another trial's or another plan's members
+    members_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(members_dir / "plan.json", json.dumps(plan, indent=2))
+    names = [f"fold{c.val_fold if c.val_fold is not None else 'all'}-seed{c.seed}"
+             for c in configs]
+    done = {n: json.loads((members_dir / f"{n}.json").read_text()) for n in names
+            if (members_dir / f"{n}.json").is_file() and (members_dir / f"{n}.keras").is_file()}
+    todo = [(n, c) for n, c in zip(names, configs) if n not in done]
+    log.info("final (%s): %d member(s) of %s for %d epochs; %d kept from an earlier run, %d to "
+             "train at once", mode, len(configs), trial["trial_id"], configs[0].epochs,
+             len(done), len(todo))
+    task = ray.remote(train_member).options(
+        num_cpus=resources.get("CPU", 1), num_gpus=resources.get("GPU", 0), max_retries=1)
+    pending = {task.remote(c.to_dict(), settings): n for n, c in todo}
+    spans: dict[str, Any] = {}
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        name = pending.pop(ready[0])
+        res = ray.get(ready[0])
+        atomic_write(members_dir / f"{name}.keras", res.pop("model"))
+        atomic_write(members_dir / f"{name}.json", json.dumps(res))  # last: marks it finished
+        done[name] = res
+        log.info("final: member %s finished (%d of %d)", name, len(done), len(configs))
+    for name in names:
+        spans[name] = done[name]
+
+    # out-of-fold predictions: the threshold and the cross-validated estimate
+    threshold, source, cv, cv_curve, cv_05 = 0.5, "none: --final all-folds has no held-out " \
+        "predictions; 0.5", None, None, None
+    oof = _pool_oof([spans[n] for n in names])
+    if oof is not None:
+        threshold, source = _choose_threshold(oof)
+        y, p, pid = oof["labels"], oof["probs"], oof["patient_ids"]
+        cv = M.binary_metrics(y, p, pid, threshold=threshold, seed=settings.seed)
+        cv_05 = M.binary_metrics(y, p, pid, threshold=0.5, seed=settings.seed)
+        t, f1 = M.threshold_curve(y, p)
+        cv_curve = {"thresholds": t.tolist(), "weighted_f1": f1.tolist()}
+        _write_oof_csv(best_dir / "oof_predictions.csv", oof)
+
+    info = {"trial_id": trial["trial_id"], "final": mode, "threshold_source": source,
+            "members": names, "epochs": configs[0].epochs}
+    exp = ray.get(ray.remote(export_and_score).options(
+        num_cpus=resources.get("CPU", 1), num_gpus=resources.get("GPU", 0), max_retries=1
+    ).remote([str(members_dir / f"{n}.keras") for n in names], settings, threshold, info))
+    atomic_write(best_dir / "model.keras", exp["model"])
+    config = configs[0].override({"val_fold": None})
+    atomic_write(best_dir / "config.json", json.dumps(
+        {**config.to_dict(), "crop": settings.crop, "window": settings.window,
+         "tta": settings.tta, "threshold": threshold, "final": mode, "members": names},
+        indent=2))
+
+    val = exp["validation"]
+    metrics: dict[str, Any] = {"split": "validation" if val else None, "threshold": threshold,
+                               "threshold_source": source, "trial_id": trial["trial_id"],
+                               "epochs": configs[0].epochs, "final": mode, "members": names,
+                               "tta": settings.tta}
+    val_t = val_05 = None
+    if val:
+        vy, vp, vpid = (np.asarray(val[k]) for k in ("labels", "probs", "patient_ids"))
+        val_t = M.binary_metrics(vy, vp, vpid, threshold=threshold, seed=settings.seed)
+        val_05 = M.binary_metrics(vy, vp, vpid, threshold=0.5, seed=settings.seed)
+        metrics.update(val_t)
+        metrics["at_0.5"] = val_05
+    if cv:
+        metrics.update({f"cv_{k}": v for k, v in cv.items()})
+        metrics["cv_at_0.5"] = cv_05
+        metrics["cv_note"] = ("out-of-fold predictions of the members (each cell scored by a "
+                              "model that never saw its patient); the threshold was chosen on "
+                              "the same predictions, so cv_ scores at it lean optimistic")
+    summary = _seed_summary(spans, names) if seeds > 1 else None
+    if summary:
+        metrics["seed_summary"] = summary
     atomic_write(best_dir / "metrics.json", json.dumps(metrics, indent=2))
-    labels, probs = np.asarray(first["labels"]), np.asarray(first["probs"])
-    fpr, tpr, _ = M.roc_curve(labels, probs)
-    return {
-        "trial_id": trial["trial_id"], "config": configs[0].to_dict(), "epochs": epochs,
-        "seeds": [c.seed for c in configs], "metrics": first["metrics"],
-        "seed_summary": summary, "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()},
-        "per_patient": M.per_patient_accuracy(labels, (probs >= 0.5).astype(int),
-                                              np.asarray(first["patient_ids"])),
+
+    final: dict[str, Any] = {
+        "trial_id": trial["trial_id"], "config": config.to_dict(), "epochs": configs[0].epochs,
+        "seeds": sorted({c.seed for c in configs}), "metrics": val_05,
+        "metrics_at_threshold": val_t, "threshold": threshold, "threshold_source": source,
+        "cv": cv, "cv_curve": cv_curve, "seed_summary": summary,
+        "members": [{"fold": c.val_fold, "seed": c.seed, "epochs": c.epochs} for c in configs],
+        "wrong": val["wrong"] if val else [], "samples": exp["samples"],
+        "roc": None, "per_patient": None,
     }
+    if val:
+        fpr, tpr, _ = M.roc_curve(vy, vp)
+        final["roc"] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
+        final["per_patient"] = M.per_patient_accuracy(vy, (vp >= threshold).astype(int), vpid)
+    return final
+
+
+def _pool_oof(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Out-of-fold predictions of all members, averaged over seeds per cell."""
+    rows: dict[str, dict[str, Any]] = {}
+    for r in runs:
+        o = r.get("oof")
+        if not o:
+            continue
+        for iid, pid, y, p in zip(o["image_ids"], o["patient_ids"], o["labels"], o["probs"]):
+            row = rows.setdefault(iid, {"patient_id": pid, "label": y, "probs": [],
+                                        "fold": r["fold"]})
+            row["probs"].append(p)
+    if not rows:
+        return None
+    ids = sorted(rows)
+    return {"image_ids": np.asarray(ids),
+            "patient_ids": np.asarray([rows[i]["patient_id"] for i in ids]),
+            "labels": np.asarray([rows[i]["label"] for i in ids], dtype=np.int64),
+            "probs": np.asarray([float(np.mean(rows[i]["probs"])) for i in ids]),
+            "folds": np.asarray([rows[i]["fold"] for i in ids])}
+
+
+def _choose_threshold(oof: dict[str, Any]) -> tuple[float, str]:
+    """The wF1-maximising threshold on the out-of-fold predictions of folds with both classes."""
+    folds = sorted(set(oof["folds"].tolist()))
+    both = [f for f in folds if len(set(oof["labels"][oof["folds"] == f].tolist())) == 2]
+    one = [f for f in folds if f not in both]
+    use = np.isin(oof["folds"], both) if both else np.ones(len(oof["folds"]), bool)
+    try:
+        t = float(M.best_threshold(oof["labels"][use], oof["probs"][use]))
+    except ValueError as e:
+        return 0.5, f"none: {e}; 0.5"
+    source = (f"maximises weighted F1 on the out-of-fold predictions of {len(use.nonzero()[0])} "
+              f"cells of folds {both or folds}")
+    if one and both:
+        source += f"; fold(s) {one} hold one class only and were left out"
+    return t, source
+
+
+def _write_oof_csv(path: Path, oof: dict[str, Any]) -> None:
+    lines = ["image_id,patient_id,fold,label,p_all"]
+    lines += [f"{i},{p},{f},{y},{q:.6f}" for i, p, f, y, q in zip(
+        oof["image_ids"], oof["patient_ids"], oof["folds"], oof["labels"], oof["probs"])]
+    atomic_write(path, "\n".join(lines) + "\n")
+
+
+def _seed_summary(runs: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """Per seed: the held-out metrics of its members' last epochs, as mean and std."""
+    by_seed: dict[int, list[float]] = {}
+    for n in names:
+        h = (runs[n].get("history") or [{}])[-1]
+        if h.get("val_weighted_f1") is not None:
+            by_seed.setdefault(int(runs[n]["seed"]), []).append(float(h["val_weighted_f1"]))
+    vals = [statistics.fmean(v) for v in by_seed.values()]
+    return {"held_out_weighted_f1": _mean_std(vals)}
 
 
 def _mean_std(values: list[float | None]) -> dict[str, Any]:

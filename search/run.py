@@ -64,16 +64,21 @@ def resolve_store(args: argparse.Namespace) -> str:
         else:
             print(f"no --data or --store given: searching the built-in SYNTHETIC demo data in "
                   f"{data} (not real cells)", file=sys.stderr)
+    from leukemia.store import check_crop
+
+    crop, window = check_crop(args.crop, args.window)
     key = hashlib.sha256(str(data).encode()).hexdigest()[:10]
-    store = str(cache_root() / "stores" / f"{data.name}-{key}-{args.image_size}px")
+    mode = f"window{window}" if crop == "window" else crop  # another crop is another store
+    store = str(cache_root() / "stores" / f"{data.name}-{key}-{args.image_size}px-{mode}")
     try:
-        if Store(store).image_size == args.image_size:
+        if Store(store).image_size == args.image_size and Store(store).crop == (crop, window):
             print(f"using the image store {store} (delete it to re-ingest)", file=sys.stderr)
             return store
     except StoreError:
         pass
-    print(f"ingesting {data} into {store} ({args.image_size} px) ...", file=sys.stderr)
-    ingest(data, store, size=args.image_size, progress=True)
+    print(f"ingesting {data} into {store} ({args.image_size} px, crop {mode}) ...",
+          file=sys.stderr)
+    ingest(data, store, size=args.image_size, crop=crop, window=window, progress=True)
     return store
 
 
@@ -164,6 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--data", help="C-NMC_Leukemia folder (ingested once into a cached store)")
     g.add_argument("--store", help="an image store (path or s3:// / gs:// URI)")
+    g.add_argument("--crop", choices=["window", "cell", "none"], default="window",
+                   help="--data only: how ingest crops each cell (window: a --window px "
+                   "square of the frame centred on the cell, keeping its size; see "
+                   "`leukemia ingest --help`)")
+    g.add_argument("--window", type=int, default=None,
+                   help="--data only: side of the window crop in px of the original frame "
+                   "(320)")
     g.add_argument("--out", help="folder for everything the run writes (default runs/<time>)")
     g = p.add_argument_group("search")
     g.add_argument("--trials", type=int, help="trials to run (64; demo data: 20)")
@@ -178,9 +190,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weights", default="none", choices=["none", "imagenet"],
                    help="start from ImageNet weights (needs a download) or random (none)")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--final", choices=["cv", "all-folds"], default="cv",
+                   help="cv (default): the best configuration trained once per held-out "
+                   "training fold, exported as one ensemble, its threshold chosen on the "
+                   "out-of-fold predictions; all-folds: one model trained on all folds "
+                   "(threshold 0.5)")
     g.add_argument("--final-seeds", type=int, default=1,
-                   help="retrain the best configuration with N seeds (mean +- std)")
-    g.add_argument("--no-final", action="store_true", help="skip the final retrain")
+                   help="train every final member with N seeds (N x folds members)")
+    g.add_argument("--no-final", action="store_true", help="skip the final training")
+    g.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
+                   help="the exported model averages the 8 flips/90-degree rotations of a cell "
+                   "(default on)")
     g.add_argument("--plugin", action="append", default=[],
                    help="a Python file imported in every worker (e.g. registering backbones)")
     g = p.add_argument_group("resources")
@@ -269,18 +289,41 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
-    import optuna
+    """The search, in order: paths, store, Ray, tuner, trials, final, report, upload."""
     import ray
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
-    from leukemia.train import atomic_write
-    from search import final as final_mod
+    paths = resolve_paths(args, argv)
+    t0 = time.monotonic()
+    store = resolve_store(args)
+    start_ray(args)
+    settings, per_trial, slots = plan(args, store, remote=paths["remote"])
+    tuner = build_tuner(args, settings, per_trial, slots, paths)
+    t_fit = time.monotonic()
+    results = tuner.fit()
+    tune_seconds = time.monotonic() - t_fit
+    search_seconds = time.monotonic() - t0
+    trials = collect_trials(results, args.max_epochs)
+    from search import report
+
+    out: Path = paths["out"]
+    report.write_trials_csv(out / "trials.csv", trials)
+    final = run_final_step(args, settings, trials, out, per_trial)
+    summary = write_summary(args, trials, final, slots, out,
+                            search_seconds=search_seconds, tune_seconds=tune_seconds,
+                            total_seconds=time.monotonic() - t0)
+    write_report(args, settings, trials, final, summary, slots, per_trial, out)
+    ray.shutdown()
+    if paths["remote"]:
+        _upload(out, args.out)
+    _print_summary(summary, out if not paths["remote"] else args.out)
+    return 0
+
+
+def resolve_paths(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    """Where the run writes: a local folder, plus Ray's storage (``--out`` itself if a URI)."""
+    from ray import tune
+
     from search.cache import cache_root, is_remote
-    from search.resources import plan_resources
-    from search.searcher import FidelityAwareOptunaSearch, LiveView
-    from search.space import define_space
-    from search.trainable import train_trial
 
     remote = is_remote(args.out)
     # Ray writes trial checkpoints straight to --out (a URI or shared path); the study (SQLite),
@@ -300,8 +343,12 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     command = " ".join(shlex.quote(a) for a in [sys.executable, "search/run.py", *argv])
     if not args.resume:
         (out / "command.txt").write_text(command + "\n")
-    t0 = time.monotonic()
-    store = resolve_store(args)
+    return {"remote": remote, "out": out, "storage": storage, "exp_uri": exp_uri}
+
+
+def start_ray(args: argparse.Namespace) -> None:
+    """Join the cluster at ``--address``, or start a new local Ray."""
+    import ray
 
     if not args.verbose:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -311,6 +358,17 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
              num_gpus=None if args.address else args.num_gpus, include_dashboard=False,
              log_to_driver=args.verbose, configure_logging=True,
              logging_level=logging.INFO if args.verbose else logging.ERROR)
+
+
+def plan(args: argparse.Namespace, store: str, *, remote: bool
+         ) -> tuple[Any, dict[str, float], int]:
+    """The search's fixed settings, each trial's resources, and how many trials run at once."""
+    import ray
+
+    from leukemia.store import Store
+    from search.resources import plan_resources
+    from search.settings import SearchSettings
+
     per_trial, slots, per_gpu = plan_resources(ray.cluster_resources(), args)
     slots = min(slots, args.max_concurrent or slots)
     hosts = {n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}
@@ -320,95 +378,132 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
               "filesystem (NFS/EFS) mounted at the same path on all nodes, or an s3:// / gs:// "
               "URI; otherwise trials fail when they checkpoint", file=sys.stderr)
     use_gpu = per_trial.get("GPU", 0) > 0
-    mixed = use_gpu if args.mixed_precision is None else args.mixed_precision
-    settings = {
-        "store": store, "image_size": args.image_size, "batch_size": args.batch_size,
-        "max_epochs": args.max_epochs, "weights": args.weights, "val_fold": args.val_fold,
-        "seed": args.seed, "mixed_precision": mixed, "trials_per_gpu": per_gpu,
-        "cpus_per_trial": int(per_trial["CPU"]),
-        "plugins": [str(Path(p).resolve()) for p in args.plugin],
-    }
+    crop, window = Store(store).crop
+    settings = SearchSettings(
+        store=store, image_size=args.image_size, batch_size=args.batch_size,
+        max_epochs=args.max_epochs, weights=args.weights, val_fold=args.val_fold,
+        seed=args.seed, mixed_precision=use_gpu if args.mixed_precision is None
+        else args.mixed_precision, trials_per_gpu=per_gpu, cpus_per_trial=int(per_trial["CPU"]),
+        plugins=tuple(str(Path(p).resolve()) for p in args.plugin), crop=crop, window=window,
+        tta=args.tta)
     print(f"search: {args.trials} trials of {','.join(args.backbone_list)} at "
           f"{args.image_size} px, up to {args.max_epochs} epochs (ASHA grace "
           f"{args.grace_period}, factor {args.reduction_factor}); {slots} at a time with "
-          f"{per_trial} each; out: {out}",
-          file=sys.stderr)
+          f"{per_trial} each", file=sys.stderr)
+    return settings, per_trial, slots
 
+
+def build_tuner(args: argparse.Namespace, settings: Any, per_trial: dict[str, float],
+                slots: int, paths: dict[str, Any]) -> Any:
+    """A new Tuner (Optuna TPE searcher told the truth about ASHA stops), or the restored one."""
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from search.searcher import FidelityAwareOptunaSearch, LiveView
+    from search.space import define_space
+    from search.trainable import train_trial
+
+    out: Path = paths["out"]
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, settings=settings),
         {k.lower(): v for k, v in per_trial.items()})
     view = LiveView(METRIC, args.max_epochs, args.trials, score=SCORE)
     if args.resume:
-        tuner = tune.Tuner.restore(exp_uri, trainable=trainable, resume_errored=True)
-    else:
-        space = functools.partial(define_space, backbones=args.backbone_list,
-                                  weights=args.weights, max_epochs=args.max_epochs)
-        searcher = FidelityAwareOptunaSearch(
-            space=space, metric=METRIC, mode=MODE, max_t=args.max_epochs,
-            sampler=optuna.samplers.TPESampler(seed=args.seed),
-            storage=optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}"),
-            study_name="cnmc-search")
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                metric=METRIC, mode=MODE, search_alg=searcher, num_samples=args.trials,
-                max_concurrent_trials=slots, reuse_actors=not args.no_reuse_actors,
-                scheduler=ASHAScheduler(time_attr="training_iteration", max_t=args.max_epochs,
-                                        grace_period=args.grace_period,
-                                        reduction_factor=args.reduction_factor),
-                trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
-            run_config=tune.RunConfig(
-                name="tune", storage_path=storage, verbose=1 if args.verbose else 0,
-                callbacks=[view],
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                failure_config=tune.FailureConfig(max_failures=args.max_failures)))
-    t_fit = time.monotonic()
-    results = tuner.fit()
-    tune_seconds = time.monotonic() - t_fit
-    search_seconds = time.monotonic() - t0
-    trials = collect_trials(results, args.max_epochs)
-    from search import report
+        return tune.Tuner.restore(paths["exp_uri"], trainable=trainable, resume_errored=True)
+    space = functools.partial(define_space, backbones=args.backbone_list,
+                              weights=args.weights, max_epochs=args.max_epochs)
+    searcher = FidelityAwareOptunaSearch(
+        space=space, metric=METRIC, mode=MODE, max_t=args.max_epochs,
+        sampler=optuna.samplers.TPESampler(seed=args.seed),
+        storage=optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}"),
+        study_name="cnmc-search")
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=METRIC, mode=MODE, search_alg=searcher, num_samples=args.trials,
+            max_concurrent_trials=slots, reuse_actors=not args.no_reuse_actors,
+            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=args.max_epochs,
+                                    grace_period=args.grace_period,
+                                    reduction_factor=args.reduction_factor),
+            trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
+        run_config=tune.RunConfig(
+            name="tune", storage_path=paths["storage"], verbose=1 if args.verbose else 0,
+            callbacks=[view],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            failure_config=tune.FailureConfig(max_failures=args.max_failures)))
 
-    report.write_trials_csv(out / "trials.csv", trials)
 
-    final = None
+def run_final_step(args: argparse.Namespace, settings: Any, trials: list[dict[str, Any]],
+                   out: Path, per_trial: dict[str, float]) -> dict[str, Any] | None:
+    """Train and export the best configuration's final model(s) (``search/final.py``)."""
+    from leukemia.store import Store
+    from search import final as final_mod
+
     best = final_mod.best_trial(trials)
     if best is None:
         print("no trial produced a score; see trials.csv for the errors", file=sys.stderr)
-    elif not args.no_final:
-        final = final_mod.run_final(best, settings, out, seeds=args.final_seeds,
-                                    resources=per_trial)
-    study = optuna.load_study(study_name="cnmc-search", storage=f"sqlite:///{out / 'study.db'}")
+        return None
+    if args.no_final:
+        return None
+    return final_mod.run_final(best, settings, out, mode=args.final, seeds=args.final_seeds,
+                               resources=per_trial, manifest=Store(settings.store).manifest)
+
+
+def write_summary(args: argparse.Namespace, trials: list[dict[str, Any]],
+                  final: dict[str, Any] | None, slots: int, out: Path, *,
+                  search_seconds: float, tune_seconds: float, total_seconds: float
+                  ) -> dict[str, Any]:
+    """``summary.json``: the headline numbers of the run."""
+    from leukemia.train import atomic_write
+    from search import final as final_mod
+
+    best = final_mod.best_trial(trials)
     counts = {s: sum(t["status"] == s for t in trials) for s in ("completed", "pruned", "failed")}
     trial_epochs = sum(t["epochs_run"] for t in trials)
     summary = {"search_seconds": round(search_seconds, 1), "tune_seconds": round(tune_seconds, 1),
-               "concurrent_trials": slots,
-               "total_seconds": round(time.monotonic() - t0, 1), "trial_counts": counts,
-               "trial_epochs": trial_epochs,
+               "concurrent_trials": slots, "total_seconds": round(total_seconds, 1),
+               "trial_counts": counts, "trial_epochs": trial_epochs,
                "trial_epochs_full_budget": len(trials) * args.max_epochs,
                "best_trial": best["trial_id"] if best else None,
                "best_val_fold_weighted_f1": best["best_score"] if best else None,
                "best_epoch": best["best_epoch"] if best else None,
-               "validation": final["metrics"] if final else None,
+               "threshold": final["threshold"] if final else None,
+               "validation": final["metrics_at_threshold"] if final else None,
+               "validation_at_0.5": final["metrics"] if final else None,
+               "cv": final["cv"] if final else None,
                "nodes": node_summary(trials)}
     atomic_write(out / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def write_report(args: argparse.Namespace, settings: Any, trials: list[dict[str, Any]],
+                 final: dict[str, Any] | None, summary: dict[str, Any], slots: int,
+                 per_trial: dict[str, float], out: Path) -> None:
+    """``report.html``: one self-contained page of the whole run."""
+    import optuna
+
+    from leukemia.store import Store, crop_text
+    from search import report
+
+    study = optuna.load_study(study_name="cnmc-search", storage=f"sqlite:///{out / 'study.db'}")
+    manifest = Store(settings.store).manifest
     shown = {"trials": args.trials, "max_epochs (ASHA max_t)": args.max_epochs,
              "grace_period": args.grace_period, "reduction_factor": args.reduction_factor,
-             "image_size": args.image_size, "batch_size": args.batch_size,
-             "val_fold": args.val_fold, "backbones": ", ".join(args.backbone_list),
-             "weights": args.weights, "seed": args.seed, "store": store,
+             "image_size": args.image_size, "crop": crop_text(manifest),
+             "batch_size": args.batch_size, "val_fold": args.val_fold,
+             "backbones": ", ".join(args.backbone_list), "weights": args.weights,
+             "seed": args.seed, "store": settings.store, "final": args.final,
+             "test-time augmentation": "on" if settings.tta else "off",
              "concurrent trials": slots, "resources per trial": str(per_trial),
              "search wall time (s)": summary["search_seconds"],
              "trial-epochs used / full budget":
-                 f"{trial_epochs} / {summary['trial_epochs_full_budget']}"}
+                 f"{summary['trial_epochs']} / {summary['trial_epochs_full_budget']}"}
+    overview = {"counts": {k: manifest.get(k) for k in ("splits", "folds", "patients")},
+                "samples": (final or {}).get("samples") or {}}
     report.write_report(out / "report.html", trials=trials, study=study, final=final,
                         command=(out / "command.txt").read_text().strip(), settings=shown,
-                        max_t=args.max_epochs)
-    ray.shutdown()
-    if remote:
-        _upload(out, args.out)
-    _print_summary(summary, out if not remote else args.out)
-    return 0
+                        max_t=args.max_epochs, overview=overview)
 
 
 def _upload(local: Path, uri: str) -> None:
@@ -435,6 +530,14 @@ def _print_summary(summary: dict[str, Any], out: Path | str) -> None:
     if summary["best_trial"]:
         print(f"best trial {summary['best_trial']}: held-out fold weighted F1 "
               f"{summary['best_val_fold_weighted_f1']:.4f} at epoch {summary['best_epoch']}")
+    cv = summary.get("cv")
+    if cv:
+        ci = cv.get("weighted_f1_ci95")
+        ci_text = f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
+        print(f"cross-validated (out-of-fold, {cv['n']} cells, {cv['n_patients']} patients, "
+              f"threshold {summary['threshold']:.3f}): weighted F1 {cv['weighted_f1']:.4f}"
+              f"{ci_text}, sensitivity {_fmt(cv['sensitivity'])}, specificity "
+              f"{_fmt(cv['specificity'])}, roc auc {_fmt(cv['roc_auc'])}")
     v = summary["validation"]
     if v:
         ci = v.get("weighted_f1_ci95")

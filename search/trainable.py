@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from search.settings import SearchSettings
+
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
@@ -81,7 +83,7 @@ def _numeric(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def train_trial(params: dict[str, Any], settings: dict[str, Any]) -> None:
+def train_trial(params: dict[str, Any], settings: SearchSettings) -> None:
     """The Ray Tune function trainable.
 
     Args:
@@ -97,14 +99,9 @@ def train_trial(params: dict[str, Any], settings: dict[str, Any]) -> None:
     from search.resources import trial_gpu_cap
     from search.space import to_train_overrides
 
-    load_plugins(settings.get("plugins") or [])
-    config = TrainConfig().override({
-        "image_size": settings["image_size"], "batch_size": settings["batch_size"],
-        "epochs": settings["max_epochs"], "weights": settings["weights"],
-        "val_fold": settings["val_fold"], "seed": settings["seed"],
-        "mixed_precision": bool(settings.get("mixed_precision")),
-        **to_train_overrides(params)})
-    data = _data(settings["store"], config.val_fold)
+    load_plugins(list(settings.plugins))
+    config = TrainConfig().override({**settings.train_overrides(), **to_train_overrides(params)})
+    data = _data(settings.store, config.val_fold)
 
     model, start = None, 0
     checkpoint = tune.get_checkpoint()
@@ -127,8 +124,8 @@ def train_trial(params: dict[str, Any], settings: dict[str, Any]) -> None:
                         checkpoint=tune.Checkpoint.from_directory(d))
 
     result = fit(config, data, [report], model=model, initial_epoch=start,
-                 gpu_memory_mb=trial_gpu_cap(settings.get("trials_per_gpu") or 0),
-                 threads=settings.get("cpus_per_trial"))
+                 gpu_memory_mb=trial_gpu_cap(settings.trials_per_gpu),
+                 threads=settings.cpus_per_trial)
     if result.status == "nan":
         last = result.history[-1] if result.history else {}
         raise FloatingPointError(

@@ -16,7 +16,8 @@ from leukemia.store import Selection, Store
 from leukemia.train import PatientLeakError, check_disjoint, fit, load_split
 
 METRIC_KEYS = {"weighted_f1", "weighted_f1_ci95", "accuracy", "balanced_accuracy", "sensitivity",
-               "specificity", "precision", "roc_auc", "confusion_matrix", "n", "n_patients"}
+               "specificity", "precision", "roc_auc", "confusion_matrix", "n", "n_patients",
+               "threshold"}
 TIMING_KEYS = {"train_seconds", "train_images_per_s", "first_step_at"}  # wall-clock
 
 
