@@ -227,7 +227,19 @@ def _scan_training(layout: Layout) -> list[Record]:
     if bad_names:
         raise DatasetError(f"{len(bad_names)} training file name(s) do not carry a valid patient "
                            "and class; rename or remove them:\n  " + "\n  ".join(bad_names))
+    _check_unique_ids(records)
     return records
+
+
+def _check_unique_ids(records: list[Record]) -> None:
+    """Refuse one cell saved in two formats side by side (``x.bmp`` and ``x.png``)."""
+    by_id: dict[str, list[str]] = defaultdict(list)
+    for r in records:
+        by_id[r.image_id].append(r.source_path)
+    twice = [" and ".join(paths) for paths in by_id.values() if len(paths) > 1]
+    if twice:
+        raise DatasetError(f"{len(twice)} cell(s) are in one folder in two image formats; keep "
+                           "one file of each:\n  " + "\n  ".join(twice[:20]))
 
 
 def read_labels_csv(path: Path) -> list[tuple[str, str, int]]:

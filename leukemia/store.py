@@ -279,7 +279,8 @@ def _duplicates(records: Sequence[Record], shas: Sequence[str]
             continue
         splits, patients = {r.split for r in group}, {r.patient_id for r in group}
         if len(splits) > 1 or len(patients) > 1:
-            where = "splits" if len(splits) > 1 else "patients"
+            where = " and ".join(w for w, n in (("splits", splits), ("patients", patients))
+                                 if len(n) > 1)
             warnings.append(f"identical image (same decoded pixels) in two {where}: {names}")
     if conflicts:
         raise DatasetError(f"{len(conflicts)} image(s) saved more than once with different "

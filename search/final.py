@@ -56,10 +56,14 @@ def _prepare(settings: SearchSettings) -> Any:
 
 def train_member(config_dict: dict[str, Any], settings: SearchSettings) -> dict[str, Any]:
     """Train one member; return its ``.keras`` bytes and its held-out fold's predictions."""
+    import os
+    import time
+
     from leukemia.config import TrainConfig
     from leukemia.train import fit, load_split, predict_proba, save_model
     from search.resources import trial_gpu_cap
 
+    started = time.time()
     config = TrainConfig.from_dict(config_dict)
     train, held = load_split(_prepare(settings), config)
     result = fit(config, (train, held), gpu_memory_mb=trial_gpu_cap(settings.trials_per_gpu),
@@ -76,7 +80,8 @@ def train_member(config_dict: dict[str, Any], settings: SearchSettings) -> dict[
         save_model(result.model, Path(d) / "model.keras")
         model_bytes = (Path(d) / "model.keras").read_bytes()
     return {"fold": config.val_fold, "seed": config.seed, "model": model_bytes, "oof": oof,
-            "history": result.history}
+            "history": result.history, "started_at": started, "ended_at": time.time(),
+            "pid": os.getpid()}
 
 
 def export_and_score(member_files: list[str], settings: SearchSettings, threshold: float,
@@ -236,10 +241,13 @@ def run_final(trial: dict[str, Any], settings: SearchSettings, out: Path, *, mod
         indent=2))
 
     val = exp["validation"]
-    metrics: dict[str, Any] = {"split": "validation" if val else None, "threshold": threshold,
-                               "threshold_source": source, "trial_id": trial["trial_id"],
-                               "epochs": configs[0].epochs, "final": mode, "members": names,
-                               "tta": settings.tta}
+    metrics: dict[str, Any] = {
+        "split": "validation" if val else None, "threshold": threshold,
+        "threshold_source": source, "trial_id": trial["trial_id"], "epochs": configs[0].epochs,
+        "final": mode, "tta": settings.tta,
+        "members": [{"name": n, "fold": spans[n]["fold"], "seed": spans[n]["seed"],
+                     "started_at": spans[n].get("started_at"),
+                     "ended_at": spans[n].get("ended_at")} for n in names]}
     val_t = val_05 = None
     if val:
         vy, vp, vpid = (np.asarray(val[k]) for k in ("labels", "probs", "patient_ids"))
@@ -263,7 +271,9 @@ def run_final(trial: dict[str, Any], settings: SearchSettings, out: Path, *, mod
         "seeds": sorted({c.seed for c in configs}), "metrics": val_05,
         "metrics_at_threshold": val_t, "threshold": threshold, "threshold_source": source,
         "cv": cv, "cv_curve": cv_curve, "seed_summary": summary,
-        "members": [{"fold": c.val_fold, "seed": c.seed, "epochs": c.epochs} for c in configs],
+        "members": [{"fold": c.val_fold, "seed": c.seed, "epochs": c.epochs,
+                     "started_at": spans[n].get("started_at"),
+                     "ended_at": spans[n].get("ended_at")} for n, c in zip(names, configs)],
         "wrong": val["wrong"] if val else [], "samples": exp["samples"],
         "roc": None, "per_patient": None,
     }

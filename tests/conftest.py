@@ -8,6 +8,7 @@ its location) and skip with a reason where it is absent.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -32,8 +33,19 @@ def real_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def dev_data() -> Path:
+    """The dev set's folder (official fold_1 as PNG, training only; holds ``C-NMC_Leukemia/``)."""
+    env = os.environ.get("CNMC_DEV_DATA")
+    path = Path(env).expanduser() if env else REPO.parent / "shared" / "data" / "cnmc-dev"
+    if not (path / "C-NMC_Leukemia").is_dir():
+        pytest.skip(f"C-NMC dev set not found at {path} (no C-NMC_Leukemia/ in it); "
+                    "set CNMC_DEV_DATA to the folder holding C-NMC_Leukemia/ and MANIFEST.csv")
+    return path
+
+
+@pytest.fixture(scope="session")
 def real_store(tmp_path_factory: pytest.TempPathFactory, real_data: Path) -> str:
-    """A store ingested once per session from the real sample at 64 px (crop on)."""
+    """A store ingested once per session from the real sample at 64 px (default crop)."""
     from leukemia.store import ingest
 
     path = tmp_path_factory.mktemp("real-store") / "store"
@@ -99,6 +111,70 @@ def make_tree(tmp_path: Path) -> Callable[..., Path]:
         return write_tree(tmp_path / name, **kw)
 
     return make
+
+
+def write_tcia_tree(base: Path, *, csv_at: str = "inside", package: bool = False,
+                    nested: bool = False, final: bool = False, **kw) -> Path:
+    """Write :func:`write_tree`'s cells in TCIA's layout under ``base``; return its root.
+
+    ``C-NMC_training_data/fold_<k>/`` holds the training cells and
+    ``C-NMC_test_prelim_phase_data/`` the validation ones (one folder deeper if ``nested``), with
+    the labels CSV inside that folder or beside it (``csv_at``: ``"inside"``/``"beside"``). The
+    root is ``base``, or ``base / "PKG - C-NMC 2019"`` if ``package``; ``final`` adds an
+    unlabelled ``C-NMC_test_final_phase_data/``. Same ``kw``, same pixels as ``write_tree``.
+    """
+    if csv_at not in ("inside", "beside"):
+        raise ValueError(f"csv_at={csv_at!r}: expected 'inside' or 'beside'")
+    src = write_tree(base.with_name(base.name + ".kaggle-src"), **kw)
+    root = base / "PKG - C-NMC 2019" if package else base
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.move(src / "training_data", root / "C-NMC_training_data")
+    prelim = root / "C-NMC_test_prelim_phase_data"
+    images = src / "validation_data/C-NMC_test_prelim_phase_data"
+    if images.is_dir():
+        dest = prelim / prelim.name if nested else prelim
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(images, dest)
+        labels = src / "validation_data/C-NMC_test_prelim_phase_data_labels.csv"
+        shutil.move(labels, (prelim if csv_at == "inside" else root) / labels.name)
+    if final:
+        write_cell(root / "C-NMC_test_final_phase_data/1.bmp", seed=999)
+    shutil.rmtree(src.parent)
+    return root
+
+
+@pytest.fixture
+def make_tcia_tree(tmp_path: Path) -> Callable[..., Path]:
+    """``make_tcia_tree(name="tcia", **kw)`` writes :func:`write_tcia_tree` under ``tmp_path``."""
+
+    def make(name: str = "tcia", **kw) -> Path:
+        return write_tcia_tree(tmp_path / name, **kw)
+
+    return make
+
+
+def save_as(path: Path, suffix: str, dest: Path | None = None) -> Path:
+    """Re-encode ``path``'s pixels in the format ``suffix`` names (any letter case).
+
+    The copy goes to ``dest`` (default: ``path`` with the new suffix, and ``path`` is deleted).
+    """
+    import cv2
+
+    ok, buf = cv2.imencode(suffix.lower(), cv2.imread(str(path), cv2.IMREAD_COLOR))
+    if not ok:
+        raise OSError(f"cv2.imencode could not encode {path} as {suffix}")
+    out = dest if dest is not None else path.with_suffix(suffix)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(buf.tobytes())
+    if dest is None and out != path:
+        path.unlink()
+    return out
+
+
+@pytest.fixture
+def reencode() -> Callable[..., Path]:
+    """:func:`save_as`: ``reencode(path, ".png", dest=None)``, for tests of image formats."""
+    return save_as
 
 
 @pytest.fixture

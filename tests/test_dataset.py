@@ -2,6 +2,10 @@
 
 Layout errors are provoked on small generated trees (``make_tree`` in conftest.py) so each test
 breaks exactly one thing; every error must be a DatasetError naming the file or folder at fault.
+TCIA's layout (``make_tcia_tree``) must scan to the same cells as Kaggle's, images may be in any
+format OpenCV reads, and the real dev set (``dev_data``) scans as it is (training only).
+
+    .venv/bin/python -m pytest -q tests/test_dataset.py
 """
 
 from __future__ import annotations
@@ -228,6 +232,8 @@ def test_scan_without_validation_folder_has_training_only(make_tree):
     result = scan(root)
 
     assert {r.split for r in result.records} == {"training"}
+    assert result.notes == ["no labelled validation images (training data only): a search "
+                            "reports its cross-validated estimate as its final score"]
 
 
 def test_scan_rejects_validation_images_without_labels_csv(make_tree):
@@ -309,3 +315,146 @@ def test_scan_warns_about_patient_in_training_and_validation(make_tree, caplog):
 def test_scan_constants_match_the_published_layout():
     assert dataset.LABELS == {"all": 1, "hem": 0}
     assert dataset.CSV_COLUMNS == ("Patient_ID", "new_names", "labels")
+
+
+# ---------------------------------------------------------------------------------------------
+# TCIA's layout
+
+
+def same_cells(result: dataset.Scan) -> list[tuple]:
+    """What a scan says about each image, leaving out where the distribution keeps it."""
+    return [(r.split, r.fold, r.patient_id, r.label, r.original_name, Path(r.source_path).name,
+             Path(r.source_path).read_bytes()) for r in result.records]
+
+
+TCIA_VARIANTS = {
+    "csv-inside": {"csv_at": "inside"},
+    "csv-beside": {"csv_at": "beside"},
+    "package": {"package": True},
+    "nested": {"nested": True},
+    "nested-csv-beside-package": {"nested": True, "csv_at": "beside", "package": True},
+}
+
+
+@pytest.mark.parametrize("variant", list(TCIA_VARIANTS))
+def test_scan_tcia_layout_matches_kaggle_tree(make_tree, make_tcia_tree, variant):
+    kw = {"validation": 3, "missing_rows": 1}
+    kaggle = scan(make_tree(**kw))
+    root = make_tcia_tree(**TCIA_VARIANTS[variant], **kw)
+    # a download unpacked as "PKG - C-NMC 2019/" is found from the folder holding it
+    given = root.parent if TCIA_VARIANTS[variant].get("package") else root
+
+    tcia = scan(given)
+
+    assert dataset.find_layout(given).kind == "tcia"
+    assert tcia.root == find_root(given) == find_root(root) == root
+    assert same_cells(tcia) == same_cells(kaggle) == same_cells(scan(root))
+    assert len(tcia.records) == 11 and tcia.missing_validation == kaggle.missing_validation
+    prelim = ("C-NMC_test_prelim_phase_data/C-NMC_test_prelim_phase_data"
+              if TCIA_VARIANTS[variant].get("nested") else "C-NMC_test_prelim_phase_data")
+    assert [r.image_id for r in tcia.records if r.split == "validation"] == [
+        f"{prelim}/{n}" for n in (1, 2, 3)]
+    assert tcia.records[0].image_id == "C-NMC_training_data/fold_0/all/UID_10_0_1_all"
+    assert tcia.notes == kaggle.notes
+
+
+def test_scan_tcia_ignores_final_phase_folder_with_note(make_tcia_tree):
+    root = make_tcia_tree(final=True)
+
+    result = scan(root)
+
+    assert len(result.records) == 10
+    assert not any("final_phase" in r.image_id for r in result.records)
+    assert "C-NMC_test_final_phase_data/ has no public labels and is ignored" in result.notes
+
+
+def test_scan_tcia_training_only_has_note(make_tcia_tree):
+    root = make_tcia_tree(validation=0)
+    assert not (root / "C-NMC_test_prelim_phase_data").exists()
+
+    result = scan(root)
+
+    assert {r.split for r in result.records} == {"training"} and len(result.records) == 8
+    assert any("training data only" in n for n in result.notes)
+
+
+@pytest.mark.parametrize("csv_at", ["inside", "beside"])
+def test_scan_rejects_tcia_prelim_folder_without_labels_csv(make_tcia_tree, csv_at):
+    root = make_tcia_tree(csv_at=csv_at)
+    prelim = root / "C-NMC_test_prelim_phase_data"
+    (prelim if csv_at == "inside" else root).joinpath(dataset.VALIDATION_CSV).unlink()
+
+    with pytest.raises(DatasetError, match="have no labels") as err:
+        scan(root)
+    assert str(err.value).startswith(str(prelim))
+    assert str(prelim / dataset.VALIDATION_CSV) in str(err.value)
+    assert str(root / dataset.VALIDATION_CSV) in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Image formats
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".jpeg", ".tif", ".tiff", ".BMP", ".PNG",
+                                    ".Jpg"])
+def test_scan_reads_any_image_format_and_letter_case(make_tree, reencode, suffix):
+    root = make_tree()
+    before = [(r.image_id, r.label, r.patient_id) for r in scan(root).records]
+    fold0_all = root / "training_data/fold_0/all"
+    new = [reencode(p, suffix) for p in sorted(fold0_all.iterdir())]
+
+    result = scan(root)
+
+    assert [(r.image_id, r.label, r.patient_id) for r in result.records] == before
+    sources = {Path(r.source_path) for r in result.records}
+    assert {p.resolve() for p in new} <= sources
+    assert [r.original_name for r in result.records][:2] == [p.name for p in new]
+
+
+def test_scan_finds_validation_image_saved_in_another_format(make_tree, reencode, caplog):
+    root = make_tree(validation=2)
+    images = root / "validation_data/C-NMC_test_prelim_phase_data"
+    png = reencode(images / "1.bmp", ".png")  # the CSV still says 1.bmp
+
+    with caplog.at_level(logging.WARNING, logger="leukemia.dataset"):
+        result = scan(root)
+
+    val = [r for r in result.records if r.split == "validation"]
+    assert [(r.image_id, Path(r.source_path)) for r in val] == [
+        ("validation_data/C-NMC_test_prelim_phase_data/1", png.resolve()),
+        ("validation_data/C-NMC_test_prelim_phase_data/2", (images / "2.bmp").resolve())]
+    assert result.missing_validation == []
+    assert "not listed" not in caplog.text
+
+
+def test_scan_rejects_same_cell_in_two_formats_naming_both(make_tree, reencode):
+    root = make_tree()
+    bmp = root / "training_data/fold_0/all/UID_10_0_1_all.bmp"
+    png = reencode(bmp, ".png", dest=bmp.with_suffix(".png"))
+
+    with pytest.raises(DatasetError, match="two image formats") as err:
+        scan(root)
+    assert str(bmp.resolve()) in str(err.value) and str(Path(png).resolve()) in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# The real dev set (official fold_1 as PNG, training only)
+
+
+def test_scan_real_dev_set_as_it_is(dev_data):
+    with open(dev_data / "MANIFEST.csv", newline="") as fh:
+        manifest = {row["file"]: row for row in csv.DictReader(fh)}
+
+    result = scan(dev_data)
+
+    assert result.root == dev_data / "C-NMC_Leukemia"
+    assert len(result.records) == len(manifest) == 3499
+    assert {r.split for r in result.records} == {"training"}
+    assert {r.fold for r in result.records} == {1}
+    assert len({r.patient_id for r in result.records}) == 14
+    assert {r.patient_id for r in result.records if r.label == 0} == {"H10", "H14", "H22"}
+    for r in result.records:
+        row = manifest[f"C-NMC_Leukemia/{r.image_id}.png"]
+        assert (r.label, r.patient_id) == (int(row["label"]), row["patient_id"]), r.image_id
+    assert result.missing_validation == []
+    assert any("training data only" in n for n in result.notes)

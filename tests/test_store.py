@@ -1,7 +1,11 @@
-"""Tests for leukemia.store and the ingest/describe CLI: the real sample, bad files, atomicity.
+"""Tests for leukemia.store and the ingest/describe CLI: the real sample, bad files, atomicity,
+crop modes, image formats and duplicates judged by decoded pixels.
 
 The real sample is ingested once per session (``real_store`` in conftest.py); everything else is
-built from small generated trees (``make_tree``) or a handful of real BMPs copied into tmp_path.
+built from small generated trees (``make_tree``, ``make_tcia_tree``) or a handful of real images
+copied into tmp_path (the real duplicate pair needs the dev set, ``dev_data``).
+
+    .venv/bin/python -m pytest -q tests/test_store.py
 """
 
 from __future__ import annotations
@@ -29,10 +33,13 @@ from leukemia.store import (
     MANIFEST,
     Store,
     StoreError,
+    check_crop,
     crop_to_cell,
+    crop_window,
     decode_image,
     describe,
     ingest,
+    preprocess_frame,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,7 +127,7 @@ def test_store_load_real_sample_matches_manifest(real_store, real_data):
 def check_real_counts(manifest: dict, size: int) -> None:
     assert manifest["n_images"] == 240
     assert manifest["image_size"] == size
-    assert manifest["crop"] is True
+    assert (manifest["crop"], manifest["window"]) == ("window", 320)  # the default crop
     assert manifest["splits"]["training"] == {"n": 200, "all": 99, "hem": 101}
     assert manifest["splits"]["validation"] == {"n": 40, "all": 20, "hem": 20}
     assert {f: c["n"] for f, c in manifest["folds"].items()} == {"0": 80, "1": 77, "2": 43}
@@ -130,7 +137,7 @@ def check_real_counts(manifest: dict, size: int) -> None:
     assert set(manifest["patients"]["training"]).isdisjoint(manifest["patients"]["validation"])
     assert manifest["missing_validation"] == 1827
     assert manifest["skipped_bad_files"] == []
-    assert manifest["duplicate_warnings"] == []
+    assert manifest["duplicates"] == manifest["duplicate_warnings"] == []
 
 
 def test_describe_real_sample_counts(real_store, real_data, tmp_path, capsys):
@@ -153,7 +160,7 @@ def test_describe_text_lists_splits_and_folds(real_store, capsys):
     text = capsys.readouterr().out
 
     assert text == describe(Store(real_store).manifest) + "\n"
-    assert "image store: 240 images, 64 px, crop=on, schema v1" in text
+    assert "image store: 240 images, 64 px, crop=window 320 px, schema v1" in text
     assert re.search(r"training\s+200\s+\(all 99, hem 101; 54 patients\)", text)
     assert re.search(r"fold 2\s+43\s+\(all 20, hem 23\)", text)
     assert re.search(r"validation\s+40\s+\(all 20, hem 20; 22 patients\)", text)
@@ -171,7 +178,8 @@ def test_store_pixels_equal_decode_image(real_store, real_data):
     # 127/128 straddle the Parquet row-group boundary (128 rows per group).
     for sel, picks in ((train, (0, 57, 127, 128, 199)), (val, (0, 39))):
         for i in picks:
-            expected, h, w = decode_image(str(cnmc / f"{sel.image_ids[i]}.bmp"), 64, crop=True)
+            expected, h, w = decode_image(str(cnmc / f"{sel.image_ids[i]}.bmp"), 64,
+                                          crop="window", window=320)
             np.testing.assert_array_equal(sel.images[i], expected, err_msg=sel.image_ids[i])
             assert (h, w) == (450, 450)
 
@@ -197,11 +205,12 @@ def cell_span(img: np.ndarray) -> float:
 
 def test_ingest_without_crop_stores_resized_whole_frame(real_data, tmp_path):
     root = copy_real_cells(real_data, tmp_path / "data", per_class=3)
-    ingest(root, str(tmp_path / "full"), size=64, crop=False, workers=1, progress=False)
-    ingest(root, str(tmp_path / "crop"), size=64, crop=True, workers=1, progress=False)
+    ingest(root, str(tmp_path / "full"), size=64, crop="none", workers=1, progress=False)
+    ingest(root, str(tmp_path / "crop"), size=64, crop="cell", workers=1, progress=False)
     full, cropped = Store(tmp_path / "full").load(), Store(tmp_path / "crop").load()
 
-    assert Store(tmp_path / "full").manifest["crop"] is False
+    assert Store(tmp_path / "full").manifest["crop"] == "none"
+    assert Store(tmp_path / "crop").manifest["crop"] == "cell"
     assert list(full.image_ids) == list(cropped.image_ids)
     for i, image_id in enumerate(full.image_ids):
         bgr = cv2.imread(str(root / f"{image_id}.bmp"), cv2.IMREAD_COLOR)
@@ -424,8 +433,11 @@ def test_ingest_warns_about_identical_image_in_two_splits(make_tree, tmp_path, c
         manifest = ingest(root, str(tmp_path / "store"), size=16, workers=1, progress=False)
 
     assert manifest["duplicate_warnings"] == [
-        "identical image in two splits: training_data/fold_0/all/UID_10_0_1_all, "
-        "validation_data/C-NMC_test_prelim_phase_data/1"]
+        "identical image (same decoded pixels) in two splits and patients: "
+        "training_data/fold_0/all/UID_10_0_1_all (UID_10_0_1_all.bmp), "
+        "validation_data/C-NMC_test_prelim_phase_data/1 (UID_50_1_1_all.bmp)"]
+    assert manifest["duplicates"] == [["training_data/fold_0/all/UID_10_0_1_all",
+                                       "validation_data/C-NMC_test_prelim_phase_data/1"]]
     assert manifest["n_images"] == 10  # a warning, not a failure
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert manifest["duplicate_warnings"][0] in warned
@@ -440,8 +452,11 @@ def test_ingest_warns_about_identical_image_under_two_patients(make_tree, tmp_pa
         manifest = ingest(root, str(tmp_path / "store"), size=16, workers=1, progress=False)
 
     assert manifest["duplicate_warnings"] == [
-        "identical image in two patients: training_data/fold_0/all/UID_10_0_1_all, "
-        "training_data/fold_0/all/UID_12_0_1_all"]
+        "identical image (same decoded pixels) in two patients: "
+        "training_data/fold_0/all/UID_10_0_1_all (UID_10_0_1_all.bmp), "
+        "training_data/fold_0/all/UID_12_0_1_all (UID_12_0_1_all.bmp)"]
+    assert manifest["duplicates"] == [["training_data/fold_0/all/UID_10_0_1_all",
+                                       "training_data/fold_0/all/UID_12_0_1_all"]]
     assert any("two patients" in r.getMessage() for r in caplog.records
                if r.levelno == logging.WARNING)
 
@@ -623,3 +638,330 @@ def test_ingest_killed_while_writing_leaves_no_partial_store(make_tree, tmp_path
     for name in leftovers(store):
         with pytest.raises(StoreError, match="an ingest did not finish"):
             Store(tmp_path / name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Crop modes
+
+
+def disc(radius: int, centre: tuple[int, int] = (100, 100), side: int = 200) -> np.ndarray:
+    """A ``side`` px black RGB frame holding one disc centred at ``centre`` (row, column)."""
+    img = np.zeros((side, side, 3), np.uint8)
+    cv2.circle(img, (centre[1], centre[0]), radius, (200, 120, 80), -1)  # cv2 takes (x, y)
+    return img
+
+
+def cell_area(img: np.ndarray) -> int:
+    """Pixels brighter than the background threshold."""
+    return int((img.max(axis=2) > 10).sum())
+
+
+def test_crop_window_keeps_cell_size_where_cell_crop_erases_it():
+    small, large = disc(20), disc(40)
+
+    window = [preprocess_frame(d, 64, crop="window", window=160) for d in (small, large)]
+    cell = [preprocess_frame(d, 64, crop="cell") for d in (small, large)]
+
+    assert 3.6 < cell_area(window[1]) / cell_area(window[0]) < 4.4  # twice the radius
+    assert 0.9 < cell_area(cell[1]) / cell_area(cell[0]) < 1.1  # every cell fills the frame
+    out = crop_window(small, 160)
+    assert out.shape == (160, 160, 3) and cell_area(out) == cell_area(small)  # not resized
+
+
+def test_crop_window_centres_on_cell_centroid():
+    img = np.zeros((200, 300, 3), np.uint8)
+    img[40:80, 200:240] = 150  # a block...
+    img[40:44, 240:280] = 150  # ...with an arm: its centroid is ~16 px left of the box centre
+    ys, xs = np.nonzero(img.max(axis=2))
+
+    out = crop_window(img, 128)
+
+    assert out.shape == (128, 128, 3)
+    assert cell_area(out) == cell_area(img)  # the whole cell, at its size
+    oy, ox = np.nonzero(out.max(axis=2))
+    assert abs(oy.mean() - 64) <= 0.5 and abs(ox.mean() - 64) <= 0.5
+    assert abs((xs.min() + xs.max()) / 2 - xs.mean()) > 10  # so the box centre would miss
+    assert not out[:6].any()  # the window starts 6 px above the frame: black there
+
+
+def test_crop_window_pads_window_larger_than_frame_with_black():
+    img = disc(30)
+    img[img.max(axis=2) == 0] = 5  # a dim background (below the threshold) to find the frame
+
+    out = crop_window(img, 320)  # the frame is 200 px
+
+    assert out.shape == (320, 320, 3)
+    np.testing.assert_array_equal(out[60:260, 60:260], img)  # centred on the disc
+    out[60:260, 60:260] = 0
+    assert not out.any()  # black everywhere else
+
+
+def test_decode_image_window_larger_than_small_image(tmp_path):
+    img = np.zeros((24, 40, 3), np.uint8)  # smaller than the window, not square
+    cv2.circle(img, (20, 12), 6, (40, 80, 160), -1)
+    path = tmp_path / "small.png"
+    cv2.imwrite(str(path), img)
+
+    pixels, h, w = decode_image(str(path), 64, crop="window", window=64)  # no resize
+
+    assert pixels.shape == (64, 64, 3) and (h, w) == (24, 40)
+    assert pixels[32, 32].tolist() == [160, 80, 40]  # RGB, the cell's centre in the middle
+    # the whole frame, placed so that the cell's centre (row 12, column 20) is at (32, 32)
+    np.testing.assert_array_equal(pixels[20:44, 12:52], cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+    pixels[20:44, 12:52] = 0
+    assert not pixels.any()  # black around it
+    small, _, _ = decode_image(str(path), 32)  # the default 320 px window: still no error
+    assert small.shape == (32, 32, 3) and small.any()
+
+
+def test_crop_window_all_black_image_windows_its_centre():
+    img = np.zeros((50, 70, 3), np.uint8)
+    img[..., 0] = np.arange(70) % 10  # all below the threshold: no cell, but a pattern
+    img[..., 1] = (np.arange(50) % 10)[:, None]
+
+    np.testing.assert_array_equal(crop_window(img, 40), img[5:45, 15:55])
+    assert crop_window(np.zeros((50, 70, 3), np.uint8), 100).shape == (100, 100, 3)
+
+
+@pytest.mark.parametrize("crop", ["window", "cell", "none"])
+def test_preprocess_frame_all_black_image_stays_black(crop):
+    out = preprocess_frame(np.zeros((50, 70, 3), np.uint8), 32, crop=crop, window=40)
+
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8 and not out.any()
+
+
+def test_check_crop_normalises_modes():
+    assert check_crop("window") == ("window", 320)
+    assert check_crop("window", 200) == ("window", 200)
+    assert check_crop("cell", 200) == ("cell", None)
+    assert check_crop("none") == ("none", None)
+    assert check_crop(True) == ("cell", None)  # old manifests and callers held a bool
+    assert check_crop(False) == ("none", None)
+
+
+def test_check_crop_rejects_unknown_mode():
+    with pytest.raises(ValueError, match="crop='square': expected one of window, cell, none"):
+        check_crop("square")
+
+
+@pytest.mark.parametrize("window", [0, -5, 7, 4097])
+def test_check_crop_rejects_bad_window(window):
+    with pytest.raises(ValueError, match=f"window={window}: the crop window side must be 8 to"):
+        check_crop("window", window)
+
+
+def test_ingest_rejects_unknown_crop_before_writing(make_tree, tmp_path):
+    with pytest.raises(ValueError, match="crop='square'"):
+        ingest(make_tree(), str(tmp_path / "store"), size=16, crop="square", progress=False)
+    assert not (tmp_path / "store").exists()
+
+
+def test_ingest_manifest_records_crop_and_checksum_differs_per_mode(make_tree, tmp_path):
+    root = make_tree()
+    modes = {"none": ("none", None), "cell": ("cell", None), "window": ("window", None),
+             "window48": ("window", 48)}
+    manifests = {name: ingest(root, str(tmp_path / name), size=16, crop=crop, window=window,
+                              workers=1, progress=False)
+                 for name, (crop, window) in modes.items()}
+
+    recorded = {name: (m["crop"], m["window"]) for name, m in manifests.items()}
+    assert recorded == {"none": ("none", None), "cell": ("cell", None),
+                        "window": ("window", 320), "window48": ("window", 48)}
+    assert {name: Store(tmp_path / name).crop for name in modes} == recorded
+    # a store of another crop is another store: its cache key differs
+    assert len({m["content_checksum"] for m in manifests.values()}) == 4
+
+
+@pytest.mark.parametrize("args, crop, text", [
+    (["--crop", "cell"], ("cell", None), "crop=cell,"),
+    (["--crop", "window", "--window", "200"], ("window", 200), "crop=window 200 px,"),
+    (["--crop", "none"], ("none", None), "crop=none,"),
+    (["--no-crop"], ("none", None), "crop=none,"),
+    ([], ("window", 320), "crop=window 320 px,"),
+], ids=["cell", "window-200", "none", "no-crop", "default"])
+def test_cli_ingest_crop_options(make_tree, tmp_path, capsys, args, crop, text):
+    store = tmp_path / "store"
+
+    rc = cli.main(["ingest", str(make_tree()), "--store", str(store), "--size", "16",
+                   "--workers", "1", "-q", *args])
+
+    assert rc == 0
+    assert text in capsys.readouterr().out
+    assert Store(store).crop == crop
+
+
+def test_cli_ingest_bad_window_exits_2(make_tree, tmp_path, capsys):
+    rc = cli.main(["ingest", str(make_tree()), "--store", str(tmp_path / "s"), "--window", "4",
+                   "-q"])
+
+    assert rc == 2
+    assert "window=4: the crop window side must be 8 to 4096 px" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("old, crop, text", [(True, ("cell", None), "crop=cell,"),
+                                             (False, ("none", None), "crop=none,")])
+def test_store_crop_reads_old_manifest_with_bool_crop(make_tree, tmp_path, old, crop, text):
+    store = tmp_path / "store"
+    manifest = ingest(make_tree(), str(store), size=16, crop=crop[0], workers=1, progress=False)
+    legacy = {k: v for k, v in manifest.items() if k not in ("window", "duplicates")}
+    (store / MANIFEST).write_text(json.dumps({**legacy, "crop": old}))
+
+    assert Store(store).crop == crop
+    assert text in describe(Store(store).manifest)
+
+
+# ---------------------------------------------------------------------------------------------
+# Distributions and image formats
+
+
+def test_ingest_tcia_package_equals_kaggle_tree(make_tree, make_tcia_tree, tmp_path, capsys):
+    kaggle = ingest(make_tree(), str(tmp_path / "kaggle"), size=16, workers=1, progress=False)
+    tcia_root = make_tcia_tree(package=True, nested=True, csv_at="beside", final=True)
+
+    rc = cli.main(["ingest", str(tcia_root.parent), "--store", str(tmp_path / "tcia-store"),
+                   "--size", "16", "--workers", "1", "-q"])
+
+    assert rc == 0
+    assert "C-NMC_test_final_phase_data/ has no public labels and is ignored" in (
+        capsys.readouterr().out)
+    tcia = Store(tmp_path / "tcia-store").manifest
+    for key in ("n_images", "splits", "folds", "patients", "crop", "window"):
+        assert tcia[key] == kaggle[key], key
+    a, b = Store(tmp_path / "kaggle").load(None), Store(tmp_path / "tcia-store").load(None)
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert b.image_ids[0] == "C-NMC_training_data/fold_0/all/UID_10_0_1_all"
+
+
+def test_ingest_png_copy_gives_same_pixels_as_bmp(make_tree, reencode, tmp_path):
+    bmp = make_tree("bmp", side=64)
+    png = make_tree("png", side=64)
+    for p in sorted(png.rglob("*.bmp")):  # validation files too: the CSV still says N.bmp
+        reencode(p, ".png")
+
+    a = ingest(bmp, str(tmp_path / "a"), size=32, window=48, workers=1, progress=False)
+    b = ingest(png, str(tmp_path / "b"), size=32, window=48, workers=1, progress=False)
+
+    assert b["n_images"] == a["n_images"] == 10 and b["duplicates"] == []
+    sa, sb = Store(tmp_path / "a").load(None), Store(tmp_path / "b").load(None)
+    assert list(sa.image_ids) == list(sb.image_ids)
+    np.testing.assert_array_equal(sa.images, sb.images)
+    assert sa.images.max() > 50
+    # other file bytes, so another source checksum and another store checksum
+    assert ({r["source_sha256"] for r in store_rows(str(tmp_path / "a"))}
+            .isdisjoint(r["source_sha256"] for r in store_rows(str(tmp_path / "b"))))
+
+
+def test_ingest_reads_upper_case_and_jpeg_files(make_tree, reencode, tmp_path):
+    ref = make_tree("ref", side=64)
+    root = make_tree("mixed", side=64)
+    for p in (root / "training_data/fold_0/all").iterdir():
+        p.rename(p.with_suffix(".BMP"))
+    for p in (root / "training_data/fold_0/hem").iterdir():
+        reencode(p, ".JPG")
+
+    ingest(ref, str(tmp_path / "s1"), size=32, crop="none", workers=1, progress=False)
+    manifest = ingest(root, str(tmp_path / "s2"), size=32, crop="none", workers=1,
+                      progress=False)
+
+    assert manifest["n_images"] == 10
+    want, got = Store(tmp_path / "s1").load(None), Store(tmp_path / "s2").load(None)
+    assert list(want.image_ids) == list(got.image_ids)
+    jpg = np.char.find(got.image_ids.astype(str), "fold_0/hem") >= 0
+    np.testing.assert_array_equal(got.images[~jpg], want.images[~jpg])  # .BMP: same bytes
+    diff = np.abs(got.images[jpg].astype(int) - want.images[jpg].astype(int))
+    assert diff.mean() < 3  # JPEG is lossy, but it is the same cell
+
+
+@pytest.mark.parametrize("content", ["text", "truncated"])
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".BMP", ".tif"])
+def test_ingest_names_undecodable_file_whatever_its_extension(make_tree, reencode, tmp_path,
+                                                              suffix, content):
+    root = make_tree()
+    bad = reencode(root / "training_data/fold_1/hem/UID_H11_0_1_hem.bmp", suffix)
+    data = bad.read_bytes()
+    bad.write_bytes(b"this is not an image" if content == "text" else data[: len(data) // 2])
+
+    with pytest.raises(DatasetError, match=r"1 image file\(s\) cannot be read") as err:
+        ingest(root, str(tmp_path / "store"), size=16, workers=1, progress=False)
+
+    assert f"{bad.resolve()}: not a readable image" in str(err.value)
+    assert not (tmp_path / "store").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Duplicates by decoded pixels
+
+
+def test_ingest_finds_same_pixels_saved_in_other_bytes(make_tree, reencode, tmp_path):
+    root = make_tree()
+    images = root / "validation_data/C-NMC_test_prelim_phase_data"
+    (images / "1.bmp").unlink()  # labelled all in the CSV; now a PNG of a training cell
+    copy = reencode(root / "training_data/fold_0/all/UID_10_0_1_all.bmp", ".png",
+                    dest=images / "1.png")
+    assert copy.read_bytes() != (root / "training_data/fold_0/all/UID_10_0_1_all.bmp").read_bytes()
+
+    manifest = ingest(root, str(tmp_path / "store"), size=16, workers=1, progress=False)
+
+    pair = ["training_data/fold_0/all/UID_10_0_1_all",
+            "validation_data/C-NMC_test_prelim_phase_data/1"]
+    assert manifest["duplicates"] == [pair]
+    assert manifest["duplicate_warnings"] == [
+        "identical image (same decoded pixels) in two splits and patients: "
+        f"{pair[0]} (UID_10_0_1_all.bmp), {pair[1]} (UID_50_1_1_all.bmp)"]
+    assert f"same pixels saved twice: {pair[0]}, {pair[1]}" in describe(manifest)
+
+
+def test_ingest_records_duplicates_within_one_patient_without_warning(make_tree, tmp_path):
+    root = make_tree()
+    src = root / "training_data/fold_0/all/UID_10_0_1_all.bmp"
+    shutil.copyfile(src, src.with_name("UID_10_0_9_all.bmp"))
+
+    manifest = ingest(root, str(tmp_path / "store"), size=16, workers=1, progress=False)
+
+    assert manifest["duplicates"] == [["training_data/fold_0/all/UID_10_0_1_all",
+                                       "training_data/fold_0/all/UID_10_0_9_all"]]
+    assert manifest["duplicate_warnings"] == []
+
+
+@pytest.mark.parametrize("copy_to", [
+    "training_data/fold_0/hem/UID_H10_9_1_hem.png",
+    "validation_data/C-NMC_test_prelim_phase_data/2.png",  # labelled hem in the CSV
+], ids=["training", "validation"])
+def test_ingest_refuses_one_image_with_two_labels(make_tree, reencode, tmp_path, copy_to):
+    root = make_tree()
+    src = root / "training_data/fold_0/all/UID_10_0_1_all.bmp"
+    if copy_to.startswith("validation"):
+        (root / copy_to).with_suffix(".bmp").unlink()
+    reencode(src, ".png", dest=root / copy_to)
+
+    with pytest.raises(DatasetError, match="saved more than once with different labels") as err:
+        ingest(root, str(tmp_path / "store"), size=16, workers=1, progress=False)
+
+    assert "training_data/fold_0/all/UID_10_0_1_all (UID_10_0_1_all.bmp)" in str(err.value)
+    assert Path(copy_to).with_suffix("").as_posix() in str(err.value)
+    assert not (tmp_path / "store").exists()
+
+
+DEV_DUPLICATE = "training_data/fold_1/all/UID_51_59_2_all"  # = validation 59.bmp, other bytes
+
+
+def test_ingest_names_real_duplicate_pair(real_data, dev_data, tmp_path):
+    root = tmp_path / "data" / "C-NMC_Leukemia"
+    for p in (real_data / "C-NMC_Leukemia").rglob("*"):
+        if p.is_file():  # copyfile: the shared copies are read-only
+            dest = root / p.relative_to(real_data / "C-NMC_Leukemia")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(p, dest)
+    shutil.copyfile(dev_data / "C-NMC_Leukemia" / f"{DEV_DUPLICATE}.png",
+                    root / f"{DEV_DUPLICATE}.png")
+
+    manifest = ingest(root.parent, str(tmp_path / "store"), size=16, workers=1, progress=False)
+
+    assert manifest["n_images"] == 241
+    pair = [DEV_DUPLICATE, "validation_data/C-NMC_test_prelim_phase_data/59"]
+    assert manifest["duplicates"] == [pair]
+    assert manifest["duplicate_warnings"] == [
+        "identical image (same decoded pixels) in two splits and patients: "
+        f"{pair[0]} (UID_51_59_2_all.png), {pair[1]} (UID_55_12_2_all.bmp)"]
