@@ -39,6 +39,7 @@ SUMMARY_KEYS = ("weighted_f1", "accuracy", "balanced_accuracy", "sensitivity", "
                 "precision", "roc_auc")
 MODES = ("cv", "all-folds")
 GALLERY = 48  # most confident validation errors shown in the report
+CI_KEYS = ("weighted_f1", "sensitivity", "specificity", "roc_auc")  # patient-bootstrap CIs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,7 +223,8 @@ def run_final(trial: dict[str, Any], settings: SearchSettings, out: Path, *, mod
     if oof is not None:
         threshold, source = _choose_threshold(oof)
         y, p, pid = oof["labels"], oof["probs"], oof["patient_ids"]
-        cv = M.binary_metrics(y, p, pid, threshold=threshold, seed=settings.seed)
+        cv = M.binary_metrics(y, p, pid, threshold=threshold, seed=settings.seed,
+                              ci_keys=CI_KEYS)
         cv_05 = M.binary_metrics(y, p, pid, threshold=0.5, seed=settings.seed)
         t, f1 = M.threshold_curve(y, p)
         cv_curve = {"thresholds": t.tolist(), "weighted_f1": f1.tolist()}
@@ -251,7 +253,8 @@ def run_final(trial: dict[str, Any], settings: SearchSettings, out: Path, *, mod
     val_t = val_05 = None
     if val:
         vy, vp, vpid = (np.asarray(val[k]) for k in ("labels", "probs", "patient_ids"))
-        val_t = M.binary_metrics(vy, vp, vpid, threshold=threshold, seed=settings.seed)
+        val_t = M.binary_metrics(vy, vp, vpid, threshold=threshold, seed=settings.seed,
+                                 ci_keys=CI_KEYS)
         val_05 = M.binary_metrics(vy, vp, vpid, threshold=0.5, seed=settings.seed)
         metrics.update(val_t)
         metrics["at_0.5"] = val_05

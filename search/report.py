@@ -1,9 +1,12 @@
 """Write a search's results: ``trials.csv`` and one self-contained ``report.html``.
 
 The search driver calls :func:`write_trials_csv` as trials finish and :func:`write_report` at the
-end. The report is a single HTML page with inline CSS and inline SVG plots drawn here (no
-JavaScript, no network, no plotting library), so it opens anywhere, from any copy of the run
-folder. Hovering a point or line shows its trial in a native tooltip (SVG ``<title>``).
+end. The report is a single HTML page with inline CSS, inline SVG plots (``search.svg``) and
+cell pictures as inline PNG ``data:`` URIs (no JavaScript, no network, no plotting library), so
+it opens anywhere, from any copy of the run folder. Hovering a point or line shows its trial in
+a native tooltip (SVG ``<title>``). This module draws the search (header, history, importances,
+learning curves, trials); ``search.report_final`` the final model's section and
+``search.gallery`` the pictures (data overview, misclassified cells).
 
 The objective is ``val_weighted_f1`` (the C-NMC 2019 challenge metric), maximised; a trial's
 score is its best epoch. The best trial is the search's (``search.final.best_trial``): the
@@ -29,13 +32,20 @@ if TYPE_CHECKING:
     import optuna
 
 from leukemia.train import atomic_write
+from search.gallery import CSS as GALLERY_CSS
+from search.gallery import errors_section, overview_section
+from search.report_final import final_section
 from search.svg import (
     Plot,
     cross,
     dot,
     esc,
+    fixed,
+    fmt,
     hbars,
     int_range,
+    kv_table,
+    note,
     num,
     score_range,
     svg_title,
@@ -65,8 +75,6 @@ STATUS_COLOURS = {
     "running": "#7f8c8d",
     "pending": "#b0b7bd",
 }
-CLASS_NAMES = {0: "normal", 1: "ALL"}
-CLASS_COLOURS = {0: "#2e9d5b", 1: "#8e44ad"}
 _OTHER_COLOUR = "#555555"
 
 
@@ -121,47 +129,10 @@ def write_trials_csv(path: Path, trials: list[dict]) -> None:
 # --------------------------------------------------------------------------- formatting
 
 
-
-
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    """Short human text for a value (not escaped)."""
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return "NaN" if math.isnan(value) else f"{value:.{digits}g}"
-    if isinstance(value, (list, tuple)):
-        return ", ".join(_fmt(v, digits) for v in value)
-    return str(value)
-
-
-def _fixed(value: Any) -> str:
-    """A metric with 4 decimals, or a dash when missing or not finite."""
-    v = num(value)
-    return "—" if v is None else f"{v:.4f}"
-
-
-def _seq(value: Any) -> list:
-    """``list(value)``, or ``[]`` for None (numpy arrays have no truth value)."""
-    return [] if value is None else list(value)
-
-
 def _when(seconds: Any) -> str:
     """A Unix time as UTC ``YYYY-MM-DD HH:MM:SS``, or a dash."""
     s = num(seconds)
     return "—" if s is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(s))
-
-
-def _note(text: str) -> str:
-    """A highlighted explanatory paragraph (text is escaped)."""
-    return f'<p class="note">{esc(text)}</p>'
-
-
-def _kv_table(items: Iterable[tuple[Any, Any]]) -> str:
-    """A two-column key/value table."""
-    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(_fmt(v))}</td></tr>" for k, v in items)
-    return f'<table class="kv">{rows}</table>'
 
 
 def _badge(status: str, text: str | None = None) -> str:
@@ -204,7 +175,7 @@ def _header(trials: Sequence[dict], command: str, settings: dict) -> str:
         f"<pre>{esc(command)}</pre>",
         '<div class="row"><div>',
         "<h3>Settings</h3>",
-        _kv_table(settings.items()) if settings else _note("No settings recorded."),
+        kv_table(settings.items()) if settings else note("No settings recorded."),
         "</div><div>",
         f"<h3>Trials ({len(trials)})</h3>",
         f"<p>{badges or 'none'}</p>",
@@ -212,163 +183,20 @@ def _header(trials: Sequence[dict], command: str, settings: dict) -> str:
     ]
     best = _best_trial(trials)
     if best is None:
-        parts.append(_note("No trial reported a score."))
+        parts.append(note("No trial reported a score."))
     else:
         if best.get("status") != "completed":
-            parts.append(_note(f"This trial was {esc(best.get('status'))}; its peak epoch "
+            parts.append(note(f"This trial was {esc(best.get('status'))}; its peak epoch "
                                "still scored best, and the final retrain uses that epoch count."))
         parts.append(
             f"<p><b>{esc(best.get('trial_id'))}</b> #{esc(best.get('number'))} "
             f"{_badge(str(best.get('status')))}<br>{METRIC} "
-            f"<b>{esc(_fixed(best.get('best_score')))}</b> at epoch "
-            f"{esc(_fmt(best.get('best_epoch')))} of {esc(_fmt(best.get('epochs_run')))}</p>"
+            f"<b>{esc(fixed(best.get('best_score')))}</b> at epoch "
+            f"{esc(fmt(best.get('best_epoch')))} of {esc(fmt(best.get('epochs_run')))}</p>"
         )
-        parts.append(_kv_table(sorted((best.get("params") or {}).items())))
+        parts.append(kv_table(sorted((best.get("params") or {}).items())))
     parts.append("</div></div>")
     return "".join(parts)
-
-
-_METRIC_ROWS = (
-    ("weighted_f1", "Weighted F1 (challenge metric)"),
-    ("accuracy", "Accuracy"),
-    ("balanced_accuracy", "Balanced accuracy"),
-    ("sensitivity", "Sensitivity (recall of ALL)"),
-    ("specificity", "Specificity (recall of normal)"),
-    ("precision", "Precision (of ALL)"),
-    ("roc_auc", "ROC AUC"),
-)
-
-
-def _metrics_table(final: dict) -> str:
-    """Metrics of the exported model, its CI, and mean ± std over the retrain seeds."""
-    metrics = final.get("metrics") or {}
-    summary = final.get("seed_summary") or {}
-    seeds = final.get("seeds") or []
-    n_seeds = max([len(seeds), *(len(s.get("values") or []) for s in summary.values())])
-    several = n_seeds > 1
-    head = "<tr><th>metric</th><th>exported model</th>"
-    head += f"<th>mean ± std over {n_seeds} seeds</th></tr>" if several else "</tr>"
-    rows = []
-    for key, name in _METRIC_ROWS:
-        value = esc(_fixed(metrics.get(key)))
-        ci = metrics.get(f"{key}_ci95")
-        if ci and len(ci) == 2 and all(num(c) is not None for c in ci):
-            value += f' <span class="muted">(95% CI {_fixed(ci[0])}–{_fixed(ci[1])})</span>'
-        row = f"<tr><th>{esc(name)}</th><td>{value}</td>"
-        if several:
-            s = summary.get(key) or {}
-            mean, std = num(s.get("mean")), num(s.get("std"))
-            text = "—" if mean is None else f"{mean:.4f} ± {std or 0.0:.4f}"
-            tip = _fmt(s.get("values") or [])
-            row += f'<td title="{esc(tip)}">{esc(text)}</td>'
-        rows.append(row + "</tr>")
-    foot = (
-        f'<p class="muted">{esc(_fmt(metrics.get("n")))} cells of '
-        f"{esc(_fmt(metrics.get('n_patients')))} patients; the CI resamples patients.</p>"
-    )
-    return f'<table class="grid">{head}{"".join(rows)}</table>{foot}'
-
-
-def _confusion_table(matrix: Any) -> str:
-    """The 2x2 confusion matrix, rows = truth, shaded by row fraction."""
-    try:
-        (tn, fp), (fn, tp) = matrix
-        cells = [[int(tn), int(fp)], [int(fn), int(tp)]]
-    except (TypeError, ValueError):
-        return _note("No confusion matrix recorded.")
-    rows = []
-    for truth, counts in enumerate(cells):
-        total = sum(counts) or 1
-        tds = "".join(
-            f'<td style="background:rgba(31,119,180,{0.08 + 0.6 * c / total:.2f})">'
-            f"<b>{c}</b><br><small>{100 * c / total:.1f}%</small></td>"
-            for c in counts
-        )
-        rows.append(f"<tr><th>true {CLASS_NAMES[truth]}</th>{tds}</tr>")
-    head = "<tr><th></th><th>predicted normal</th><th>predicted ALL</th></tr>"
-    return f'<table class="cm">{head}{"".join(rows)}</table>'
-
-
-def _roc_svg(roc: dict, auc: Any) -> str:
-    """The ROC curve with the chance diagonal; AUC in the legend."""
-    pts = [
-        (x, y)
-        for x, y in zip(
-            map(num, _seq(roc.get("fpr"))), map(num, _seq(roc.get("tpr"))), strict=False
-        )
-        if x is not None and y is not None
-    ]
-    if not pts:
-        return _note("No ROC curve recorded.")
-    auc_text = _fixed(auc) if num(auc) is not None else "n/a"
-    plot = Plot(
-        x_range=(0.0, 1.0),
-        y_range=(0.0, 1.0),
-        width=300,
-        height=300,
-        x_label="false positive rate (1 − specificity)",
-        y_label="true positive rate",
-        legend=[
-            ("line", STATUS_COLOURS["completed"], f"ROC (AUC = {auc_text})"),
-            ("dash", "#999999", "chance"),
-        ],
-    )
-    line = " ".join(f"{plot.x(x):.1f},{plot.y(y):.1f}" for x, y in pts)
-    body = [
-        f'<line x1="{plot.x(0)}" y1="{plot.y(0)}" x2="{plot.x(1)}" y2="{plot.y(1)}" '
-        'stroke="#999999" stroke-dasharray="5,3"/>',
-        f'<polyline points="{line}" fill="none" stroke="{STATUS_COLOURS["completed"]}" '
-        'stroke-width="2"/>',
-    ]
-    return plot.render(body, "ROC curve")
-
-
-def _patients_svg(per_patient: Sequence[dict]) -> str:
-    """Per-patient accuracy bars, worst first, coloured by the patient's class."""
-    rows = [p for p in per_patient if num(p.get("accuracy")) is not None]
-    if not rows:
-        return _note("No per-patient accuracy recorded.")
-    rows.sort(key=lambda p: (num(p["accuracy"]), str(p.get("patient_id"))))
-    items = [
-        (
-            str(p.get("patient_id")),
-            float(p["accuracy"]),
-            CLASS_COLOURS.get(p.get("label"), _OTHER_COLOUR),
-            f"{float(p['accuracy']):.2f} (n={_fmt(p.get('n'))})",
-        )
-        for p in rows
-    ]
-    legend = [("bar", CLASS_COLOURS[k], f"{CLASS_NAMES[k]} patient") for k in (0, 1)]
-    return hbars(
-        items, x_label="accuracy", x_max=1.0, label="per-patient accuracy", legend=legend
-    )
-
-
-def _final_section(final: dict | None) -> str:
-    """Metrics, confusion matrix, ROC and per-patient accuracy of the final model."""
-    if final is None:
-        return _note(
-            "No final result: the final retrain of the best configuration did not run "
-            "(the search was interrupted, no trial completed, or it was skipped)."
-        )
-    seeds = final.get("seeds") or []
-    intro = (
-        f"<p>The best configuration retrained for {esc(_fmt(final.get('epochs')))} epochs with "
-        f"seeds {esc(_fmt(list(seeds)))}; metrics of the exported model on validation_data.</p>"
-    )
-    config = final.get("config") or {}
-    details = (
-        f"<details><summary>training config</summary>{_kv_table(sorted(config.items()))}</details>"
-    )
-    metrics = final.get("metrics") or {}
-    return (
-        f"{intro}{_metrics_table(final)}{details}"
-        f'<div class="row"><div><h3>ROC curve</h3>'
-        f"{_roc_svg(final.get('roc') or {}, metrics.get('roc_auc'))}</div>"
-        f"<div><h3>Confusion matrix</h3>{_confusion_table(metrics.get('confusion_matrix'))}"
-        "</div></div>"
-        f"<h3>Per-patient accuracy</h3>{_patients_svg(final.get('per_patient') or [])}"
-    )
 
 
 def _status_legend(statuses: Iterable[str], kind: str) -> list[tuple[str, str, str]]:
@@ -382,7 +210,7 @@ def _history_svg(trials: Sequence[dict]) -> str:
     """Each trial's best score vs trial number, and the best-so-far step line."""
     scored = [(t, s) for t, s in _scored(trials) if num(t.get("number")) is not None]
     if not scored:
-        return _note("No trial has a score yet.")
+        return note("No trial has a score yet.")
     numbers = [float(t["number"]) for t, _ in scored]
     plot = Plot(
         x_range=int_range(min(numbers), max(numbers)),
@@ -408,14 +236,14 @@ def _history_svg(trials: Sequence[dict]) -> str:
         path += f" H{plot.x(max(numbers)):.1f}"
         body.insert(0, f'<path d="{path}" fill="none" stroke="#222222" stroke-width="1.5"/>')
     missing = len(trials) - len(scored)
-    note = _note(f"{missing} trial(s) without a score are not shown.") if missing else ""
-    return plot.render(body, "optimization history") + note
+    extra = note(f"{missing} trial(s) without a score are not shown.") if missing else ""
+    return plot.render(body, "optimization history") + extra
 
 
 def _importance_section(study: optuna.Study | None) -> str:
     """Optuna's parameter importances as bars, or a note saying why there are none."""
     if study is None:
-        return _note("No Optuna study was given, so parameter importances are not available.")
+        return note("No Optuna study was given, so parameter importances are not available.")
     caveats: list[str] = []
     try:
         from optuna.importance import get_param_importances
@@ -423,7 +251,7 @@ def _importance_section(study: optuna.Study | None) -> str:
 
         n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
         if n_complete < 2:
-            return _note(
+            return note(
                 f"Parameter importances need at least 2 complete trials; the study has "
                 f"{n_complete}."
             )
@@ -432,11 +260,11 @@ def _importance_section(study: optuna.Study | None) -> str:
             importances = get_param_importances(study)
         caveats = sorted({str(w.message) for w in caught})
     except Exception as exc:  # any failure of an optional section becomes a note
-        return _note(f"Parameter importances could not be computed: {type(exc).__name__}: {exc}")
+        return note(f"Parameter importances could not be computed: {type(exc).__name__}: {exc}")
     values = [(name, num(v)) for name, v in importances.items()]
     items = [(n, v, "#1f77b4", f"{v:.3f}") for n, v in values if v is not None]
     if not items:
-        return _note("Optuna returned no parameter importances (no parameter varied).")
+        return note("Optuna returned no parameter importances (no parameter varied).")
     chart = hbars(
         items,
         x_label="importance (normalised)",
@@ -447,7 +275,7 @@ def _importance_section(study: optuna.Study | None) -> str:
         f'<p class="muted">optuna.importance.get_param_importances (default evaluator) over '
         f"{n_complete} complete trials; pruned trials are not used.</p>"
     )
-    return text + chart + "".join(_note(f"Optuna: {c}") for c in caveats)
+    return text + chart + "".join(note(f"Optuna: {c}") for c in caveats)
 
 
 def _curves_svg(trials: Sequence[dict], max_t: int) -> str:
@@ -462,7 +290,7 @@ def _curves_svg(trials: Sequence[dict], max_t: int) -> str:
         if pts:
             lines.append((trial, pts))
     if not lines:
-        return _note("No trial reported an epoch yet.")
+        return note("No trial reported an epoch yet.")
     values = [v for _, pts in lines for _, v in pts]
     last_epoch = max(max_t, *(e for _, pts in lines for e, _ in pts))
     statuses = {str(t.get("status")) for t, _ in lines}
@@ -486,7 +314,8 @@ def _curves_svg(trials: Sequence[dict], max_t: int) -> str:
         legend=legend,
     )
     best = _best_trial(trials)
-    body, top = [], []
+    body: list[str] = []
+    top: list[str] = []
     for trial, pts in lines:
         status = str(trial.get("status"))
         is_best = trial is best
@@ -528,7 +357,7 @@ def _trials_table(trials: Sequence[dict]) -> str:
     """The trials.csv content as an HTML table with coloured status."""
     columns, rows = _table(trials)
     if not rows:
-        return _note("No trials.")
+        return note("No trials.")
     head = "".join(f"<th>{esc(c.removeprefix('param_'))}</th>" for c in columns)
     body = []
     for row in rows:
@@ -542,7 +371,7 @@ def _trials_table(trials: Sequence[dict]) -> str:
                 short = str(value)[: 60 if column == "error" else 10] + "…"
                 cells.append(f'<td title="{esc(value)}">{esc(short)}</td>')
             else:
-                cells.append(f"<td>{esc(_fmt(value))}</td>")
+                cells.append(f"<td>{esc(fmt(value))}</td>")
         body.append(f"<tr>{''.join(cells)}</tr>")
     return (
         '<p class="muted">Columns after ended_at are parameters; times are UTC; hover a '
@@ -585,30 +414,44 @@ def write_report(
     command: str,
     settings: dict,
     max_t: int,
+    overview: dict | None = None,
 ) -> None:
     """Write the run's self-contained HTML report atomically.
 
     The page holds: the reproduce command, settings, trial counts and the best trial; the final
-    model's metrics, confusion matrix, ROC curve and per-patient accuracy on validation_data;
-    the optimization history; Optuna's parameter importances; every trial's learning curve;
-    and the trials table. Plots are inline SVG; nothing is loaded from the network. Sections
-    whose inputs are missing (``study`` or ``final`` None, no scores yet, importances that
-    cannot be computed) show a note instead of failing.
+    model (``search.report_final``): its members and decision threshold, metrics on
+    validation_data at 0.5 and at the threshold beside the cross-validated estimate with CIs,
+    confusion matrices, ROC curve, weighted F1 by threshold with the chosen point, per-patient
+    accuracy; the validation cells it got wrong, as pictures with their P(ALL); a data
+    overview (cells per split, fold and patient, sample cells of each class;
+    ``search.gallery``); the optimization history; Optuna's parameter importances; every
+    trial's learning curve; and the trials table. Plots are inline SVG and pictures inline PNG
+    ``data:`` URIs; nothing is loaded from the network. Sections whose inputs are missing
+    (``study``, ``final``, ``overview`` or any of ``final``'s keys None or absent, no scores
+    yet, importances that cannot be computed) show a note instead of failing.
 
     Args:
         path: Destination file, e.g. ``runs/<name>/report.html``; its folder is created.
         trials: Trial dicts as for :func:`write_trials_csv`, with ``history`` rows holding
             ``epoch`` and ``val_weighted_f1``.
         study: The Optuna study behind the search, for parameter importances, or None.
-        final: The final retrain's result (``config``, ``epochs``, ``seeds``, ``metrics``,
-            ``seed_summary``, ``roc``, ``per_patient``), or None if it did not run.
+        final: The final step's result, or None if it did not run: ``trial_id``, ``config``,
+            ``epochs``, ``seeds``, ``members``, ``threshold``, ``threshold_source``,
+            ``metrics`` (validation at 0.5), ``metrics_at_threshold``, ``cv``, ``cv_curve``,
+            ``seed_summary``, ``roc``, ``per_patient`` and ``wrong`` (misclassified cells with
+            ``image_id``, ``patient_id``, ``label``, ``p_all``, ``pixels``); see
+            ``search.report_final.final_section`` and ``search.gallery.errors_section``.
         command: The command that reproduces the run; shown verbatim.
         settings: The run's fixed settings, shown as a table.
         max_t: ASHA's epoch budget; the learning curves' x axis spans 1..max_t.
+        overview: ``{"counts": <the store manifest's splits/folds/patients>, "samples":
+            {"ALL": [uint8 RGB arrays], "normal": [...]}}`` for the data overview, or None.
     """
     ordered = sorted(trials, key=lambda t: (t.get("number") is None, t.get("number") or 0))
     sections = [
-        ("final", "Final result on validation_data", _final_section(final)),
+        ("final", "Final model", final_section(final)),
+        ("errors", "Misclassified validation cells", errors_section(final)),
+        ("data", "Data", overview_section(overview)),
         ("history", "Optimization history", _history_svg(ordered)),
         ("importance", "Parameter importances", _importance_section(study)),
         ("curves", "Learning curves", _curves_svg(ordered, max_t)),
@@ -622,7 +465,7 @@ def write_report(
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>C-NMC search report</title><style>{_CSS}</style></head><body><main>"
+        f"<title>C-NMC search report</title><style>{_CSS}{GALLERY_CSS}</style></head><body><main>"
         f"{_header(ordered, command, settings)}<nav>{nav}</nav>{body}</main></body></html>\n"
     )
     atomic_write(path, page)

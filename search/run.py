@@ -353,11 +353,13 @@ def start_ray(args: argparse.Namespace) -> None:
     if not args.verbose:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # "local": always a new local Ray, never one that another `ray start` left on this machine
-    ray.init(address=args.address or "local",
-             num_cpus=None if args.address else args.num_cpus,
-             num_gpus=None if args.address else args.num_gpus, include_dashboard=False,
-             log_to_driver=args.verbose, configure_logging=True,
-             logging_level=logging.INFO if args.verbose else logging.ERROR)
+    from search.connect import connect  # a cluster that is absent or refuses the token: one line
+
+    connect(args.address or "local",
+            num_cpus=None if args.address else args.num_cpus,
+            num_gpus=None if args.address else args.num_gpus, include_dashboard=False,
+            log_to_driver=args.verbose, configure_logging=True,
+            logging_level=logging.INFO if args.verbose else logging.ERROR)
 
 
 def plan(args: argparse.Namespace, store: str, *, remote: bool

@@ -1,7 +1,10 @@
-"""Small inline-SVG plotting helpers for the self-contained report (no plotting library).
+"""Small inline-SVG plotting and HTML text helpers for the self-contained report.
 
 One ``Plot`` holds the scales, grid, ticks and labels of a chart; the marks (``dot``,
-``cross``, ``hbars``) are SVG strings with native ``<title>`` tooltips (``svg_title``).
+``cross``, ``hbars``) are SVG strings with native ``<title>`` tooltips (``svg_title``). No
+plotting library: the report is one HTML file that opens anywhere. ``fmt``, ``fixed``, ``note``
+and ``kv_table`` format values and text for the report's sections (``search.report``,
+``search.report_final``, ``search.gallery``).
 """
 
 from __future__ import annotations
@@ -12,10 +15,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+CLASS_NAMES = {0: "normal", 1: "ALL"}
+CLASS_COLOURS = {0: "#2e9d5b", 1: "#8e44ad"}
+
 
 def esc(value: Any) -> str:
     """HTML-escaped ``str(value)``, quotes included."""
     return html.escape(str(value), quote=True)
+
 
 def num(value: Any) -> float | None:
     """``value`` as a finite float, or None for None, NaN, infinities, bools and non-numbers."""
@@ -26,6 +33,34 @@ def num(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return out if math.isfinite(out) else None
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """Short human text for a value (not escaped)."""
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return "NaN" if math.isnan(value) else f"{value:.{digits}g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(fmt(v, digits) for v in value)
+    return str(value)
+
+
+def fixed(value: Any) -> str:
+    """A metric with 4 decimals, or a dash when missing or not finite."""
+    v = num(value)
+    return "—" if v is None else f"{v:.4f}"
+
+
+def note(text: str) -> str:
+    """A highlighted explanatory paragraph (text is escaped)."""
+    return f'<p class="note">{esc(text)}</p>'
+
+
+def kv_table(items: Iterable[tuple[Any, Any]]) -> str:
+    """A two-column key/value table."""
+    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(fmt(v))}</td></tr>" for k, v in items)
+    return f'<table class="kv">{rows}</table>'
 
 
 def nice_ticks(lo: float, hi: float, n: int = 6, *, integer: bool = False) -> list[float]:

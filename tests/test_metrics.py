@@ -13,18 +13,22 @@ import pytest
 from sklearn import metrics as skm
 
 from leukemia.metrics import (
+    CI_KEYS,
+    best_threshold,
     binary_metrics,
     confusion,
     patient_bootstrap_ci,
     per_patient_accuracy,
     roc_auc,
     roc_curve,
+    threshold_curve,
     weighted_f1,
 )
 
 METRICS_PY = Path(__file__).resolve().parents[1] / "leukemia" / "metrics.py"
 
 KEYS = {
+    "threshold",
     "weighted_f1",
     "weighted_f1_ci95",
     "accuracy",
@@ -345,6 +349,157 @@ def test_binary_metrics_threshold_is_inclusive():
     assert binary_metrics([1, 0], [0.5, 0.49])["confusion_matrix"] == [[1, 0], [0, 1]]
 
 
+def test_binary_metrics_threshold_key_and_effect():
+    # At 0.3 the ALL cell at 0.35 and the hem cell at 0.4 turn ALL.
+    y_true, y_prob = [0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]
+    at_half = binary_metrics(y_true, y_prob)
+    at_03 = binary_metrics(y_true, y_prob, threshold=0.3)
+    assert at_half["threshold"] == 0.5 and at_03["threshold"] == 0.3
+    assert type(at_03["threshold"]) is float
+    assert at_half["confusion_matrix"] == [[2, 0], [1, 1]]  # ALL = {.8}
+    assert at_03["confusion_matrix"] == [[1, 1], [0, 2]]  # ALL = {.35, .4, .8}
+    assert at_03["sensitivity"] == 1.0 and at_03["specificity"] == 0.5
+    assert at_03["roc_auc"] == at_half["roc_auc"] == 0.75  # the ranking does not move
+
+
+def test_binary_metrics_ci_keys_match_generic_bootstrap():
+    # Every CI comes from the same replicates as patient_bootstrap_ci with the same seed, whose
+    # generic path pools the drawn patients' cells and calls the metric on them.
+    rng = np.random.default_rng(6)
+    y_true = (rng.random(300) < 0.6).astype(int)
+    y_prob = np.round(np.clip(0.3 * y_true + 0.7 * rng.random(300), 0, 1), 2)  # with ties
+    ids = rng.integers(0, 12, 300).astype(str)
+    m = binary_metrics(y_true, y_prob, ids, threshold=0.45, n_boot=200, seed=3, ci_keys=CI_KEYS)
+    assert set(m) == KEYS | {f"{k}_ci95" for k in CI_KEYS}
+    y_pred = (y_prob >= 0.45).astype(int)
+    generic = {
+        "weighted_f1": lambda t, p: weighted_f1(t, p),
+        "sensitivity": lambda t, p: skm.recall_score(t, p),
+        "specificity": lambda t, p: skm.recall_score(t, p, pos_label=0),
+        "precision": lambda t, p: skm.precision_score(t, p, zero_division=np.nan),
+        "accuracy": lambda t, p: skm.accuracy_score(t, p),
+        "balanced_accuracy": lambda t, p: skm.balanced_accuracy_score(t, p),
+    }
+    for key, metric in generic.items():
+        expected = patient_bootstrap_ci(y_true, y_pred, ids, metric, n_boot=200, seed=3)
+        assert m[f"{key}_ci95"] == pytest.approx(expected, abs=1e-12), key
+    # AUC needs the probabilities: pool the drawn cells as the generic path does.
+    _, patient = np.unique(ids, return_inverse=True)
+    draws = np.random.default_rng(3).integers(0, 12, (200, 12))
+    groups = [np.flatnonzero(patient == j) for j in range(12)]
+    stats = []
+    for row in draws:
+        idx = np.concatenate([groups[j] for j in row])
+        stats.append(skm.roc_auc_score(y_true[idx], y_prob[idx]))
+    assert m["roc_auc_ci95"] == pytest.approx(np.quantile(stats, [0.025, 0.975]), abs=1e-12)
+
+
+def test_binary_metrics_ci_keys_default_unchanged_and_empty():
+    data = _patients_data(10)
+    y_prob = np.where(data[1] == 1, 0.9, 0.1)
+    m = binary_metrics(data[0], y_prob, data[2], n_boot=100, ci_keys=())
+    assert set(m) == KEYS and m["weighted_f1_ci95"] is None
+
+
+# --------------------------------------------------------------------------- thresholds
+
+# Four cells; candidates 0, 0.225, 0.375, 0.5, 0.6, 1 (midpoints of 0.1, 0.35, 0.4, 0.8).
+TIE_TRUE = [0, 0, 1, 1]
+TIE_PROB = [0.1, 0.4, 0.35, 0.8]
+
+
+def test_threshold_curve_hand_computed():
+    thresholds, curve = threshold_curve(TIE_TRUE, TIE_PROB)
+    np.testing.assert_allclose(thresholds, [0.0, 0.225, 0.375, 0.5, 0.6, 1.0])
+    # 0: all ALL, tp=2 fp=2 -> F1(ALL) = 4/6, F1(hem) = 0 -> wF1 = 1/3
+    # 0.225: ALL = {.35, .4, .8}, tp=2 fp=1 tn=1 -> F1(ALL) = 4/5, F1(hem) = 2/3 -> 11/15
+    # 0.375: ALL = {.4, .8}, tp=fp=fn=tn=1 -> both F1 1/2 -> 1/2
+    # 0.5 and 0.6: ALL = {.8}, tp=1 fn=1 tn=2 -> F1(ALL) = 2/3, F1(hem) = 4/5 -> 11/15
+    # 1: none ALL -> F1(ALL) = 0, F1(hem) = 4/6 -> 1/3
+    np.testing.assert_allclose(curve, [1 / 3, 11 / 15, 1 / 2, 11 / 15, 11 / 15, 1 / 3])
+
+
+def test_threshold_curve_given_thresholds_keep_their_order():
+    thresholds, curve = threshold_curve(TIE_TRUE, TIE_PROB, [0.6, 0.36, 0.35])
+    np.testing.assert_array_equal(thresholds, [0.6, 0.36, 0.35])
+    # 0.36 -> ALL = {.4, .8} (1/2); 0.35 is inclusive -> ALL = {.35, .4, .8} (11/15)
+    np.testing.assert_allclose(curve, [11 / 15, 1 / 2, 11 / 15])
+
+
+def test_threshold_curve_matches_sklearn_at_every_candidate():
+    rng = np.random.default_rng(7)
+    for trial in range(8):
+        n = int(rng.integers(2, 150))
+        y_true = (rng.random(n) < rng.random()).astype(int)
+        y_prob = np.round(np.clip(0.3 * y_true + 0.7 * rng.random(n), 0, 1), 2)
+        thresholds, curve = threshold_curve(y_true, y_prob)
+        expected = [
+            skm.f1_score(y_true, y_prob >= t, average="weighted", zero_division=0)
+            for t in thresholds
+        ]
+        np.testing.assert_allclose(curve, expected, atol=1e-12, err_msg=f"trial {trial}")
+
+
+def test_best_threshold_tie_keeps_nearest_half():
+    # 0.225, 0.5 and 0.6 all give 11/15 (see the curve test): 0.5 is nearest 0.5.
+    assert best_threshold(TIE_TRUE, TIE_PROB) == 0.5
+
+
+def test_best_threshold_tie_away_from_half():
+    # Candidates 0, .15, .45, .5, .8, 1. At .15: ALL = {.2, .7, .9}, tp=2 fp=1 tn=1 -> 11/15;
+    # at .45 and .5: tp=fp=fn=tn=1 -> 1/2; at .8: ALL = {.9}, tp=1 fn=1 tn=2 -> 11/15.
+    # .15 and .8 tie; .8 is nearer 0.5 (0.3 vs 0.35).
+    assert best_threshold([0, 1, 0, 1], [0.1, 0.2, 0.7, 0.9]) == pytest.approx(0.8)
+
+
+def test_best_threshold_imbalanced_moves_below_half():
+    # 8 ALL, 2 hem, separable between 0.3 and 0.41 but three ALL cells score below 0.5.
+    y_true = [1] * 8 + [0] * 2
+    y_prob = [0.9, 0.8, 0.7, 0.6, 0.55, 0.45, 0.42, 0.41, 0.3, 0.2]
+    # At 0.5: tp=5 fn=3 fp=0 tn=2 -> F1(ALL) = 10/13, F1(hem) = 4/7
+    # wF1 = (8 * 10/13 + 2 * 4/7) / 10
+    assert binary_metrics(y_true, y_prob)["weighted_f1"] == pytest.approx(
+        (8 * 10 / 13 + 2 * 4 / 7) / 10
+    )
+    t = best_threshold(y_true, y_prob)
+    assert t == pytest.approx(0.355)  # midpoint of 0.3 and 0.41: every cell right
+    assert binary_metrics(y_true, y_prob, threshold=t)["weighted_f1"] == 1.0
+
+
+def test_best_threshold_beats_every_grid_threshold():
+    rng = np.random.default_rng(8)
+    grid = np.linspace(0.0, 1.0, 101)
+    for trial in range(8):
+        n = int(rng.integers(4, 200))
+        y_true = (rng.random(n) < 0.2 + 0.6 * rng.random()).astype(int)
+        y_true[:2] = [0, 1]
+        y_prob = np.clip(0.25 * y_true + 0.75 * rng.random(n), 0, 1)
+        t = best_threshold(y_true, y_prob)
+        best = weighted_f1(y_true, (y_prob >= t).astype(int))
+        grid_best = max(
+            skm.f1_score(y_true, y_prob >= g, average="weighted", zero_division=0) for g in grid
+        )
+        assert best >= grid_best - 1e-12, trial
+        assert 0.0 <= t <= 1.0
+
+
+def test_best_threshold_one_class_raises():
+    with pytest.raises(ValueError, match=r"no threshold can be chosen from one class.*ALL"):
+        best_threshold([1, 1, 1], [0.2, 0.6, 0.9])
+    with pytest.raises(ValueError, match=r"one class: y_true holds only normal \(label 0\)"):
+        best_threshold([0, 0], [0.2, 0.6])
+
+
+def test_validation_threshold_curve_thresholds_out_of_range():
+    with pytest.raises(ValueError, match=r"thresholds must be probabilities in \[0, 1\]"):
+        threshold_curve([0, 1], [0.2, 0.8], [0.5, 1.5])
+
+
+def test_validation_binary_metrics_unknown_ci_key():
+    with pytest.raises(ValueError, match=r"ci_keys: unknown metric\(s\) \['f1'\]; choose from"):
+        binary_metrics([0, 1], [0.2, 0.8], ["a", "b"], ci_keys=["f1"])
+
+
 # --------------------------------------------------------------------------- validation
 
 
@@ -441,15 +596,17 @@ def test_validation_bootstrap_alpha():
 # --------------------------------------------------------------------------- imports
 
 
-def test_metrics_imports_no_heavy_libraries():
+def test_metrics_import_is_light_and_use_needs_only_sklearn():
     # Loaded by file path so that whatever leukemia/__init__.py imports does not count.
+    # Importing loads no scikit-learn (about 1 s); computing loads it and nothing heavier.
     code = (
         "import importlib.util, sys\n"
         f"spec = importlib.util.spec_from_file_location('metrics', {str(METRICS_PY)!r})\n"
         "module = importlib.util.module_from_spec(spec)\n"
         "spec.loader.exec_module(module)\n"
+        "assert 'sklearn' not in sys.modules\n"
         "module.binary_metrics([0, 1, 1], [0.2, 0.7, 0.9], ['a', 'b', 'b'], n_boot=10)\n"
-        "heavy = {'tensorflow', 'keras', 'sklearn', 'scipy', 'ray', 'optuna', 'pandas'}\n"
+        "heavy = {'tensorflow', 'keras', 'ray', 'optuna'}\n"
         "loaded = sorted(heavy & set(sys.modules))\n"
         "assert not loaded, loaded\n"
     )
