@@ -181,20 +181,28 @@ def predict_proba(model: Any, images: np.ndarray, batch_size: int = 64,
     return np.asarray(model.predict(ds.map(lambda x, _: x), verbose=0)).reshape(-1)
 
 
-CV_FOLDS = 3  # patient groups made when a dataset has fewer than two official folds
+CV_FOLDS = 3  # patient groups made when the official folds cannot serve
+MIN_FOLD_SHARE = 0.25  # official folds serve if the smallest holds >= this share of the largest
+
+
+def official_folds_usable(sizes: list[int]) -> bool:
+    """Whether official folds of these sizes can serve as cross-validation folds: at least two,
+    none tiny next to the largest (a held-out fold must not leave a model almost no data)."""
+    return len(sizes) >= 2 and min(sizes) >= MIN_FOLD_SHARE * max(sizes)
 
 
 def cv_folds(patient_ids: np.ndarray, labels: np.ndarray, folds: np.ndarray,
              k: int = CV_FOLDS) -> np.ndarray:
-    """Cross-validation folds: the official ones, or ``k`` patient groups if there are fewer
-    than two (e.g. ``../shared/data/cnmc-dev``, which holds fold_1 only).
+    """Cross-validation folds: the official ones, or ``k`` patient groups when there are fewer
+    than two (``../shared/data/cnmc-dev`` holds fold_1 only) or they are very unequal (that
+    set plus the 240-image sample: 80, 3,576 and 43 cells).
 
     The groups never split a patient; normal patients are dealt out first, one per group in
     turn (they are few: recognising new people's normal cells is the hard part), then ALL
     patients, largest first, each to the group with the fewest cells. Deterministic.
     """
-    official = sorted(set(folds.tolist()))
-    if len(official) >= 2:
+    official, counts = np.unique(folds, return_counts=True)
+    if official_folds_usable(counts.tolist()):
         return folds
     patients = sorted(set(patient_ids.tolist()))
     cells = {p: int((patient_ids == p).sum()) for p in patients}

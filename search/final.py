@@ -171,10 +171,12 @@ def plan_members(trial: dict[str, Any], settings: SearchSettings, folds: list[in
 
 def training_folds(manifest: dict[str, Any]) -> list[int]:
     """The cross-validation folds a store's training split gives (patient groups if one)."""
-    from leukemia.train import CV_FOLDS
+    from leukemia.train import CV_FOLDS, official_folds_usable
 
-    folds = sorted(int(f) for f in manifest.get("folds", {}))
-    return folds if len(folds) >= 2 else list(range(CV_FOLDS))
+    folds = manifest.get("folds", {})
+    if official_folds_usable([int(c["n"]) for c in folds.values()]):
+        return sorted(int(f) for f in folds)
+    return list(range(CV_FOLDS))
 
 
 def run_final(trial: dict[str, Any], settings: SearchSettings, out: Path, *, mode: str = "cv",
