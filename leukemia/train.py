@@ -318,6 +318,7 @@ def fit(config: TrainConfig, store: Store | str | tuple[Selection, Selection | N
                                       seed=config.seed)
                 row["val_loss"] = _log_loss(val.labels, p)
                 row.update({f"val_{k}": v for k, v in vm.items() if k != "confusion_matrix"})
+                row.update(_best_threshold_scores(val.labels, p))
             history.append(row)
             for cb in callbacks:
                 cb(epoch, row, model)
@@ -350,6 +351,16 @@ def fit(config: TrainConfig, store: Store | str | tuple[Selection, Selection | N
         final = M.binary_metrics(val.labels, last_p, val.patient_ids, seed=config.seed)
     return FitResult(status=status, history=history, model=model, class_weight=cw,
                      metrics=final)
+
+
+def _best_threshold_scores(y: np.ndarray, p: np.ndarray) -> dict[str, float | None]:
+    """The held-out weighted F1 at the fold's own best threshold, and that threshold (None
+    with one class): calibration aside, how well the ranking separates the classes."""
+    if len(np.unique(y)) < 2:
+        return {"val_best_threshold": None, "val_weighted_f1_best_threshold": None}
+    t = float(M.best_threshold(y, p))
+    return {"val_best_threshold": t,
+            "val_weighted_f1_best_threshold": M.weighted_f1(y, (p >= t).astype(int))}
 
 
 class _EpochEnd:
