@@ -71,12 +71,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from leukemia.evaluate import patient_summary, predict_files, stored_threshold
+    from leukemia.evaluate import patient_summary, predict_files
+    from leukemia.models import load_model, model_spec
     from leukemia.train import atomic_write
 
-    threshold = stored_threshold(args.model) if args.threshold is None else args.threshold
+    model = load_model(args.model)
+    threshold = model_spec(model)["threshold"] if args.threshold is None else args.threshold
     rows = []
-    for path, prob in predict_files(args.model, args.inputs,
+    for path, prob in predict_files(model, args.inputs,
                                     crop="none" if args.no_crop else args.crop):
         rows.append((path, prob))
         cls = "ALL" if prob >= threshold else "normal"

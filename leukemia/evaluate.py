@@ -80,11 +80,14 @@ def _expand(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def predict_files(model_path: str | Path, inputs: Sequence[str | Path], *,
+def predict_files(model: str | Path | Any, inputs: Sequence[str | Path], *,
                   crop: str | None = None, batch_size: int = 64,
                   ) -> Iterator[tuple[Path, float]]:
     """Yield ``(path, P(ALL))`` for image files or folders, prepared as the model's training
     images were (the crop stored in the model, unless ``crop`` overrides it).
+
+    Args:
+        model: a ``.keras`` path or a loaded model.
 
     Raises:
         FileNotFoundError: the model or an input is missing.
@@ -92,9 +95,12 @@ def predict_files(model_path: str | Path, inputs: Sequence[str | Path], *,
     """
     from leukemia.models import load_model, model_spec
 
-    model = load_model(str(model_path))
+    if isinstance(model, (str, Path)):
+        model = load_model(str(model))
     spec = model_spec(model)
-    mode, window = (spec["crop"], spec["window"]) if crop is None else (crop, None)
+    mode, window = spec["crop"], spec["window"]
+    if crop is not None and crop != mode:
+        mode, window = crop, None  # None: the default window
     size = int(model.input_shape[1])
     files = _expand(inputs)
     for start in range(0, len(files), batch_size):
@@ -107,13 +113,6 @@ def predict_files(model_path: str | Path, inputs: Sequence[str | Path], *,
                 raise ValueError(f"{f}: {e}") from e
         probs = predict_proba(model, np.stack(batch))
         yield from zip(chunk, map(float, probs))
-
-
-def stored_threshold(model_path: str | Path) -> float:
-    """The decision threshold stored in a model (0.5 for a model without one)."""
-    from leukemia.models import load_model, model_spec
-
-    return float(model_spec(load_model(str(model_path)))["threshold"])
 
 
 def patient_summary(rows: Sequence[tuple[Path, float]], threshold: float

@@ -226,21 +226,35 @@ def _read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
 
 
 class Progress:
-    """A one-line progress meter on stderr (quiet when ``enabled`` is false)."""
+    """A progress meter on stderr (quiet when ``enabled`` is false).
 
-    def __init__(self, total: int, label: str, enabled: bool = True) -> None:
+    On a terminal it redraws one line in place (``\\r``, clear to end of line) at most every
+    ``tty_every`` seconds; in a log (stderr not a terminal) it writes a whole line at most every
+    ``log_every`` seconds. Either way the last update (``done == total``) ends the line.
+    """
+
+    def __init__(self, total: int, label: str, enabled: bool = True, *, stream: Any = None,
+                 tty_every: float = 0.5, log_every: float = 5.0) -> None:
         self.total, self.label, self.enabled = total, label, enabled
+        self.stream = stream or sys.stderr
+        isatty = getattr(self.stream, "isatty", None)
+        self.tty = bool(isatty and isatty())
+        self.every = tty_every if self.tty else log_every
         self.start = self._last = time.monotonic()
 
     def update(self, done: int) -> None:
         now = time.monotonic()
-        if not self.enabled or (now - self._last < 0.5 and done < self.total):
+        if not self.enabled or (now - self._last < self.every and done < self.total):
             return
         self._last = now
         rate = done / max(now - self.start, 1e-9)
-        end = "\n" if done >= self.total else ""
-        sys.stderr.write(f"\r{self.label}: {done}/{self.total} ({rate:,.0f}/s){end}")
-        sys.stderr.flush()
+        text = f"{self.label}: {done}/{self.total} ({rate:,.0f}/s)"
+        if self.tty:
+            text = f"\r{text}\x1b[K" + ("\n" if done >= self.total else "")
+        else:
+            text += "\n"
+        self.stream.write(text)
+        self.stream.flush()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -288,7 +288,7 @@ def fit(config: TrainConfig, store: Store | str | tuple[Selection, Selection | N
                                 weights=config.weights, dropout=config.dropout)
     frozen_phase = initial_epoch < config.freeze_epochs
     steps = max(1, math.ceil(len(train) / config.batch_size))
-    if getattr(model, "optimizer", None) is None or frozen_phase:
+    if getattr(model, "optimizer", None) is None:  # a checkpoint keeps its optimizer's state
         _set_backbone_trainable(model, BACKBONE_LAYER, not frozen_phase)
         _compile(model, config, config.learning_rate, steps)
 

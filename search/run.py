@@ -348,14 +348,18 @@ def resolve_paths(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
 
 def start_ray(args: argparse.Namespace) -> None:
     """Join the cluster at ``--address``, or start a new local Ray."""
-    import ray
 
     if not args.verbose:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # "local": always a new local Ray, never one that another `ray start` left on this machine
     from search.connect import connect  # a cluster that is absent or refuses the token: one line
 
-    connect(args.address or "local",
+    # With reused workers, Ray gives a stopped trial's training thread 2 s to end before the
+    # worker takes the next trial, which otherwise fails ("reset_config() ..."; Ray #29268).
+    env = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S",
+                                                            "60")}
+    os.environ.update(env)
+    connect(args.address or "local", runtime_env={"env_vars": env},
             num_cpus=None if args.address else args.num_cpus,
             num_gpus=None if args.address else args.num_gpus, include_dashboard=False,
             log_to_driver=args.verbose, configure_logging=True,

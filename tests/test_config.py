@@ -126,6 +126,11 @@ def test_override_validates_the_result():
     ({"epochs": 0}, "TrainConfig.epochs=0: must be between 1 and 1000"),
     ({"learning_rate": 0.0}, "TrainConfig.learning_rate=0.0: must be in (0, 1]"),
     ({"optimizer": "rmsprop"}, "TrainConfig.optimizer='rmsprop': must be one of"),
+    ({"lr_schedule": "step"}, "TrainConfig.lr_schedule='step': must be one of"),
+    ({"warmup_epochs": -1}, "TrainConfig.warmup_epochs=-1: must be between 0 and 100"),
+    ({"warmup_epochs": 101}, "TrainConfig.warmup_epochs=101: must be between 0 and 100"),
+    ({"schedule_epochs": 5, "epochs": 6},
+     "TrainConfig.schedule_epochs=5: must be 0 (the epochs) or at least epochs=6"),
     ({"weight_decay": 1.0}, "TrainConfig.weight_decay=1.0: must be in [0, 1)"),
     ({"dropout": 1.0}, "TrainConfig.dropout=1.0: must be in [0, 1)"),
     ({"augment_strength": 1.5}, "TrainConfig.augment_strength=1.5: must be in [0, 1]"),
@@ -137,6 +142,15 @@ def test_override_validates_the_result():
 def test_trainconfig_rejects_out_of_range(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         TrainConfig(**kwargs)
+
+
+def test_trainconfig_schedule_accepts_its_valid_values():
+    assert TrainConfig().lr_schedule == "cosine"  # the default
+    assert TrainConfig(lr_schedule="constant").lr_schedule == "constant"
+    assert TrainConfig(warmup_epochs=0).warmup_epochs == 0
+    assert TrainConfig(epochs=6, schedule_epochs=0).schedule_epochs == 0  # 0: the epochs
+    assert TrainConfig(epochs=6, schedule_epochs=6).schedule_epochs == 6
+    assert TrainConfig(epochs=2, schedule_epochs=20).schedule_epochs == 20  # a trial of ASHA's
 
 
 def test_trainconfig_rejects_wrong_type():

@@ -6,7 +6,9 @@ stops only the processes that run started.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import subprocess
 import sys
 import time
@@ -17,7 +19,10 @@ import pytest
 from searchrun import REPO, env, run, start, stop_group
 from searchrun import trials as read_trials
 
+from leukemia.config import TrainConfig
+from leukemia.models import load_model, model_spec
 from search.resources import default_trials_per_gpu, gpu_memory_cap_mb
+from search.settings import SearchSettings
 from search.space import define_space, to_train_overrides
 
 PLUGIN = Path(__file__).parent / "plugins" / "faulty_backbones.py"
@@ -77,6 +82,39 @@ def test_default_trials_per_gpu_follows_memory():
     assert default_trials_per_gpu(81920) == 4
 
 
+def test_search_settings_defaults_and_is_frozen():
+    s = SearchSettings(store="runs/store")
+    assert (s.crop, s.window, s.tta, s.cpus_per_trial, s.plugins) == ("window", 320, True, 1, ())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.tta = False  # type: ignore[misc]
+    assert SearchSettings(**s.to_dict()) == s
+
+
+def test_search_settings_rejects_a_zero_epoch_budget():
+    with pytest.raises(ValueError, match=re.escape("SearchSettings.max_epochs=0: must be at "
+                                                   "least 1")):
+        SearchSettings(store="s", max_epochs=0)
+
+
+def test_search_settings_rejects_negative_trials_per_gpu():
+    with pytest.raises(ValueError, match=re.escape("trials_per_gpu=-1 and cpus_per_trial=1")):
+        SearchSettings(store="s", trials_per_gpu=-1)
+
+
+def test_search_settings_rejects_zero_cpus_per_trial():
+    with pytest.raises(ValueError, match=re.escape("trials_per_gpu=0 and cpus_per_trial=0")):
+        SearchSettings(store="s", cpus_per_trial=0)
+
+
+def test_search_settings_fix_every_trials_budget_and_schedule():
+    s = SearchSettings(store="s", image_size=48, batch_size=16, max_epochs=7, val_fold=2,
+                       seed=3)
+    config = TrainConfig().override(s.train_overrides())
+    assert (config.image_size, config.batch_size, config.val_fold, config.seed) == (48, 16, 2, 3)
+    # every trial decays its learning rate over the whole budget, even one ASHA stops early
+    assert config.epochs == config.schedule_epochs == 7
+
+
 def test_run_rejects_bad_flags(tmp_path, real_data):
     out = subprocess.run([sys.executable, str(REPO / "search" / "run.py"), "--data",
                           str(real_data), "--image-size", "32", "--backbones", "inception_v3",
@@ -92,9 +130,12 @@ def test_run_rejects_bad_flags(tmp_path, real_data):
 
 @pytest.mark.slow
 def test_search_end_to_end_on_real_sample(tmp_path, real_data):
+    # --final all-folds: one final model (the default, a cross-validated ensemble with TTA, has
+    # its own end-to-end test in tests/test_final.py); the cell crop and no TTA travel with it
     out = tmp_path / "run"
     text = run(["--trials", "6", "--data", str(real_data), "--max-epochs", "3",
-                 "--out", str(out), *SMALL], tmp_path)
+                "--out", str(out), "--final", "all-folds", "--crop", "cell", "--no-tta",
+                *SMALL], tmp_path)
     trials = read_trials(out)
     assert len(trials) == 6
     statuses = [t["status"] for t in trials]
@@ -111,8 +152,19 @@ def test_search_end_to_end_on_real_sample(tmp_path, real_data):
                 "sensitivity", "specificity", "precision", "roc_auc", "confusion_matrix",
                 "n_patients"):
         assert key in metrics
-    assert (out / "best" / "model.keras").stat().st_size > 0
-    assert json.loads((out / "best" / "config.json").read_text())["val_fold"] is None
+    # all-folds: one member trained on every fold, no held-out predictions, threshold 0.5
+    assert metrics["final"] == "all-folds" and metrics["threshold"] == 0.5
+    assert [(m["name"], m["fold"]) for m in metrics["members"]] == [("foldall-seed0", None)]
+    assert metrics["at_0.5"]["weighted_f1"] == metrics["weighted_f1"]
+    assert not [k for k in metrics if k.startswith("cv_")]
+    assert not (out / "best" / "oof_predictions.csv").exists()
+    spec = model_spec(load_model(str(out / "best" / "model.keras")))
+    assert (spec["members"], spec["threshold"], spec["tta"]) == (1, 0.5, False)
+    assert (spec["crop"], spec["window"]) == ("cell", None)
+    assert metrics["tta"] is False
+    config = json.loads((out / "best" / "config.json").read_text())
+    assert config["val_fold"] is None and config["final"] == "all-folds"
+    assert (config["crop"], config["tta"]) == ("cell", False)
     html = (out / "report.html").read_text()
     assert html.count("<svg") >= 4 and "<script src" not in html
     assert "trials 6:" in text  # the live view

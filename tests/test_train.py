@@ -5,15 +5,27 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from leukemia import metrics as M
 from leukemia.cli import main
 from leukemia.config import TrainConfig
-from leukemia.store import Selection, Store
-from leukemia.train import PatientLeakError, check_disjoint, fit, load_split
+from leukemia.models import load_model
+from leukemia.store import Selection, Store, ingest
+from leukemia.train import (
+    PatientLeakError,
+    check_disjoint,
+    cv_folds,
+    fit,
+    learning_rate,
+    load_split,
+    predict_proba,
+    save_model,
+)
 
 METRIC_KEYS = {"weighted_f1", "weighted_f1_ci95", "accuracy", "balanced_accuracy", "sensitivity",
                "specificity", "precision", "roc_auc", "confusion_matrix", "n", "n_patients",
@@ -111,6 +123,193 @@ def test_fit_nan_loss_stops_with_status_nan(real_store):
     assert not math.isfinite(result.history[0]["loss"])
     assert result.metrics == {}
     assert calls == []
+
+
+# ---------------------------------------------------------------------------------------------
+# learning-rate schedule and weight averaging (32 px, no augmentation: ~2 s an epoch)
+
+
+def _fast(**kw) -> TrainConfig:
+    return _config(**{"image_size": 32, "augment": False, "learning_rate": 1e-3, **kw})
+
+
+@pytest.fixture(scope="module")
+def split(real_store):
+    """The real sample with fold 0 held out (120 training cells: 4 steps of 32 an epoch)."""
+    return load_split(real_store, _config())
+
+
+def _fit_lrs(config: TrainConfig, split, extra=(), **kw) -> tuple:
+    """``fit`` and the optimizer's learning rate at the end of every epoch."""
+    lrs: list[float] = []
+
+    def record(epoch: int, metrics: dict, model) -> None:
+        lrs.append(float(np.asarray(model.optimizer.learning_rate)))
+
+    return fit(config, split, [record, *extra], **kw), lrs
+
+
+def _steps(config: TrainConfig, split) -> int:
+    return math.ceil(len(split[0]) / config.batch_size)
+
+
+def test_learning_rate_cosine_warms_up_then_decays_to_zero(split):
+    config = _fast(epochs=3, lr_schedule="cosine", warmup_epochs=1)
+    steps, peak = _steps(config, split), config.learning_rate
+    schedule = learning_rate(config, peak, steps)
+    lr = [float(schedule(s)) for s in range(3 * steps + 1)]
+    warm, decay = lr[:steps + 1], lr[steps:]
+    assert all(b > a for a, b in zip(warm, warm[1:])), warm  # rises during the warm-up epoch
+    assert warm[0] < 0.05 * peak and warm[-1] == pytest.approx(peak)
+    assert all(b < a for a, b in zip(decay, decay[1:])), decay  # then only falls
+    assert lr[2 * steps] == pytest.approx(peak / 2)  # halfway through the cosine
+    assert lr[-1] == pytest.approx(0.0, abs=1e-9)  # ~0 at schedule_epochs (= epochs)
+
+
+@pytest.mark.slow
+def test_fit_follows_the_cosine_schedule(split):
+    config = _fast(epochs=3)
+    steps, peak = _steps(config, split), config.learning_rate
+    schedule = learning_rate(config, peak, steps)
+    _, lrs = _fit_lrs(config, split)
+    assert lrs == pytest.approx([float(schedule(e * steps)) for e in (1, 2, 3)], abs=1e-9)
+    assert lrs == pytest.approx([peak, peak / 2, 0.0], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_fit_schedule_epochs_sets_the_decay_horizon(split):
+    # a trial that ASHA may stop after 2 of 4 epochs follows the 4-epoch curve
+    config = _fast(epochs=2, schedule_epochs=4)
+    peak = config.learning_rate
+    _, lrs = _fit_lrs(config, split)
+    assert lrs == pytest.approx([peak, peak * 0.5 * (1 + math.cos(math.pi / 3))])  # 0.75 peak
+
+
+@pytest.mark.slow
+def test_fit_constant_schedule_stays_constant(split):
+    config = _fast(epochs=2, lr_schedule="constant")
+    assert learning_rate(config, config.learning_rate, 4) == config.learning_rate
+    _, lrs = _fit_lrs(config, split)
+    assert lrs == pytest.approx([config.learning_rate] * 2)
+
+
+@pytest.mark.slow
+def test_fit_resumed_from_a_checkpoint_continues_the_schedule(split, tmp_path):
+    config = _fast(epochs=3)
+    saved = tmp_path / "epoch1.keras"
+    checkpoint = [lambda e, m, model: save_model(model, saved) if e == 1 else None]
+    _, through = _fit_lrs(config, split, extra=checkpoint)
+    resumed, lrs = _fit_lrs(config, split, model=load_model(str(saved)), initial_epoch=1)
+    assert [row["epoch"] for row in resumed.history] == [2, 3]
+    # the same rates as the uninterrupted run at those steps, not a restarted warm-up
+    assert lrs == pytest.approx(through[1:], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_fit_resumed_in_the_frozen_phase_continues_the_schedule(split, tmp_path):
+    from leukemia.models import create_backbone
+
+    # a pretrained backbone frozen for 2 of 3 epochs (no ImageNet download here: the config
+    # says imagenet, the network handed to fit is a scratch one; fit's optimizer handling
+    # is the same)
+    config = _fast(epochs=3, backbone="mobilenet_v3_small", weights="imagenet",
+                   freeze_epochs=2)
+    saved = tmp_path / "epoch1.keras"
+    checkpoint = [lambda e, m, model: save_model(model, saved) if e == 1 else None]
+    _, through = _fit_lrs(config, split, extra=checkpoint,
+                          model=create_backbone("small_cnn", image_size=32))
+    peak = config.learning_rate
+    assert through == pytest.approx([peak, peak / 2, 0.0], abs=1e-9)
+    _, lrs = _fit_lrs(config, split, model=load_model(str(saved)), initial_epoch=1)
+    assert lrs == pytest.approx(through[1:], abs=1e-9)  # got [peak, 0.0]: warm-up restarted
+
+
+@pytest.mark.slow
+def test_fit_ema_exports_the_averaged_weights_it_scored(split):
+    config = _fast(epochs=2)
+    plain = fit(config, split)
+    raw = plain.model.get_weights()
+    averaged = fit(config.override({"ema": True}), split)
+    assert averaged.status == "ok"
+    # the average does not change training: the same losses, so the same raw weights
+    assert [h["loss"] for h in averaged.history] == \
+        pytest.approx([h["loss"] for h in plain.history], rel=1e-5)
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(averaged.model.get_weights(), raw))
+    assert diff > 1e-4  # the returned (exported) model holds the average, not the raw weights
+    # and it is the model that was scored
+    _, val = split
+    p = predict_proba(averaged.model, val.images)
+    again = M.binary_metrics(val.labels, p, val.patient_ids, seed=config.seed)
+    assert again["confusion_matrix"] == averaged.metrics["confusion_matrix"]
+    assert again["roc_auc"] == pytest.approx(averaged.metrics["roc_auc"], abs=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------
+# cross-validation folds
+
+
+def _cells(sizes: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Patient ids and labels: ``sizes`` cells per patient; ids starting with H are normal."""
+    pids = np.asarray([p for p, n in sizes.items() for _ in range(n)])
+    labels = np.asarray([0 if p.startswith("H") else 1 for p in pids], np.int8)
+    return pids, labels
+
+
+SIZES = {"1": 30, "2": 25, "3": 20, "4": 12, "5": 8, "6": 5, "H1": 20, "H2": 15, "H3": 6}
+
+
+def test_cv_folds_deals_a_one_fold_store_into_three_patient_groups():
+    pids, labels = _cells(SIZES)
+    groups = cv_folds(pids, labels, np.ones(len(pids), np.int8))
+    assert sorted(set(groups.tolist())) == [0, 1, 2]
+    for p in SIZES:  # never splits a patient
+        assert len(set(groups[pids == p].tolist())) == 1, p
+    normal = {int(groups[pids == p][0]) for p in ("H1", "H2", "H3")}
+    assert normal == {0, 1, 2}  # one normal patient per group
+    cells = [int((groups == g).sum()) for g in range(3)]
+    assert max(cells) - min(cells) <= max(SIZES.values()), cells  # balanced by cells
+
+
+def test_cv_folds_is_deterministic_whatever_the_cell_order():
+    pids, labels = _cells(SIZES)
+    first = cv_folds(pids, labels, np.zeros(len(pids), np.int8))
+    order = np.random.default_rng(0).permutation(len(pids))
+    again = cv_folds(pids[order], labels[order], np.zeros(len(pids), np.int8))
+    assert {p: g for p, g in zip(pids, first)} == {p: g for p, g in zip(pids[order], again)}
+
+
+def test_cv_folds_keeps_two_or_more_official_folds():
+    pids, labels = _cells(SIZES)
+    folds = np.asarray([1 if i % 2 else 3 for i in range(len(pids))], np.int8)
+    np.testing.assert_array_equal(cv_folds(pids, labels, folds), folds)
+
+
+def test_cv_folds_regroups_very_unequal_official_folds():
+    pids, labels = _cells(SIZES)  # 141 cells: official folds of 136 and 5 cells
+    folds = np.where(pids == "6", 2, 1).astype(np.int8)
+    groups = cv_folds(pids, labels, folds)
+    assert sorted(set(groups.tolist())) == [0, 1, 2]
+    for p in SIZES:
+        assert len(set(groups[pids == p].tolist())) == 1, p
+
+
+def test_load_split_cross_validates_a_one_fold_store_over_patient_groups(make_tree, tmp_path):
+    root = make_tree(folds=(0, 1, 2), per_class=2, validation=0)
+    for f in root.glob("training_data/fold_[12]/*/*.bmp"):  # one official fold, 6 patients
+        f.rename(root / "training_data" / "fold_0" / f.parent.name / f.name)
+    for d in ("fold_1", "fold_2"):
+        shutil.rmtree(root / "training_data" / d)
+    ingest(root, str(tmp_path / "store"), size=16, progress=False)
+    store = Store(str(tmp_path / "store"))
+    assert list(store.manifest["folds"]) == ["0"]
+    held_out: list[str] = []
+    for g in range(3):
+        train, val = load_split(store, TrainConfig(image_size=16, val_fold=g))
+        assert val is not None and len(train) + len(val) == 12
+        assert not set(train.patient_ids.tolist()) & set(val.patient_ids.tolist())
+        assert sum(p.startswith("H") for p in set(val.patient_ids.tolist())) == 1
+        held_out += sorted(set(val.patient_ids.tolist()))
+    assert sorted(held_out) == ["10", "11", "12", "H10", "H11", "H12"]  # each exactly once
 
 
 # ---------------------------------------------------------------------------------------------
