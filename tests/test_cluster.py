@@ -39,6 +39,19 @@ def test_cluster_config_validates_against_ray_schema(name):
     assert "cnmc-search" in " ".join(cfg["setup_commands"])
 
 
+@pytest.mark.parametrize("name", CONFIGS)
+def test_cluster_config_sets_up_venv_path_and_token_on_every_node(name):
+    # the launcher runs ray submit/exec/down in a login shell: ~/.bashrc must give them the venv
+    # and token mode; the token itself comes from the machine running `ray up`
+    cfg = yaml.safe_load((REPO / name).read_text())
+    assert cfg["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    setup = " ".join(cfg["setup_commands"])
+    assert 'export PATH="$HOME/venv/bin:$PATH" RAY_AUTH_MODE=token' in setup
+    assert setup.count("set -e;") == 1 and "flock" in setup  # a failed install fails the node
+    for cmd in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"]:
+        assert "~/venv/bin/ray" not in cmd  # `ray` from the login PATH, as `ray down` runs it
+
+
 def test_cluster_config_gpu_workers_autoscale_from_zero():
     cfg = yaml.safe_load((REPO / "cluster.yaml").read_text())
     worker = cfg["available_node_types"]["gpu_worker"]
