@@ -4,14 +4,20 @@ Ray's stock ``OptunaSearch`` records a trial that ASHA stopped after one epoch a
 that one-epoch score, so TPE ranks a 1-epoch score against 30-epoch scores.
 :class:`FidelityAwareOptunaSearch` records such a trial as PRUNED at its last step instead (its
 learning curve kept as intermediate values), and a trial that ran the whole budget as COMPLETE
-with its best epoch's score (the score the search selects on).
+with its best epoch's score (the score the search selects on). TPE then ranks trials by the rung
+they reached first and by their score there second. It also names the objective
+(``set_metric_names``) and leaves on each Optuna trial what optuna-dashboard should show: the Ray
+trial id, the epochs run, the held-out AUC / sensitivity / specificity at the best epoch and the
+node. ``benchmarks/searchers.py`` measures it against Ray's stock searchers on real curves.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import time
+import warnings
 from typing import Any
 
 from optuna.trial import TrialState
@@ -20,59 +26,121 @@ from ray.tune.search.optuna import OptunaSearch
 
 log = logging.getLogger(__name__)
 
+# result keys copied onto the Optuna trial (as user attributes) from the trial's best epoch
+ATTR_KEYS = ("val_roc_auc", "val_sensitivity", "val_specificity")
+
 
 class FidelityAwareOptunaSearch(OptunaSearch):
     """``OptunaSearch`` that tells Optuna PRUNED for trials stopped before ``max_t``.
 
     A trial that is not stopped always runs to ``max_t`` epochs, so a trial that ends without
-    error before ``max_t`` was stopped by the scheduler.
+    error before ``max_t`` was stopped by the scheduler. A trial that failed is FAIL (the stock
+    searcher records COMPLETE with its last value when one was reported).
+
+    Args:
+        *args: as ``OptunaSearch``.
+        max_t: the epoch budget (ASHA's ``max_t``).
+        metric_name: the objective's name in the study (optuna-dashboard shows it); default
+            the metric's result key.
+        **kwargs: as ``OptunaSearch``.
     """
 
-    def __init__(self, *args: Any, max_t: int, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args: Any, max_t: int, metric_name: str | None = None,
+                 **kwargs: Any) -> None:
         self._max_t = max_t
-        self._best: dict[str, float] = {}
+        self._metric_name = metric_name
+        self._best: dict[str, dict[str, Any]] = {}  # trial id -> its best result so far (subset)
+        super().__init__(*args, **kwargs)
+
+    def _setup_study(self, mode: str | list) -> None:
+        super()._setup_study(mode)
+        if isinstance(self._metric, str):
+            with warnings.catch_warnings():  # set_metric_names is marked experimental
+                warnings.simplefilter("ignore")
+                self._ot_study.set_metric_names([self._metric_name or self._metric])
+
+    def suggest(self, trial_id: str) -> dict | None:
+        params = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if params is not None and ot_trial is not None:
+            ot_trial.set_user_attr("ray_trial_id", trial_id)
+        return params
+
+    def _note(self, trial_id: str, result: dict[str, Any]) -> None:
+        """Keep the trial's best epoch (by the metric) and what the study shows of it."""
+        value = result.get(self.metric)
+        if value is None:
+            return
+        best = self._best.get(trial_id)
+        better = (best is None or (value > best["value"] if self.mode == "max"
+                                   else value < best["value"]))
+        keep = {k: result[k] for k in ATTR_KEYS if isinstance(result.get(k), (int, float))}
+        node = result.get("node_id") or result.get("node_ip") or result.get("hostname")
+        if better:
+            self._best[trial_id] = {"value": value, "best_epoch": result.get("training_iteration"),
+                                    **keep, **({"node_id": node} if node else {})}
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        value = result.get(self.metric)
-        if value is not None:
-            self._best[trial_id] = max(value, self._best.get(trial_id, -float("inf")))
-        super().on_trial_result(trial_id, result)
+        self._note(trial_id, result)
+        if result.get(self.metric) is not None:
+            super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                           error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials or error:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result, error)
-        value = (result or {}).get(self.metric)
-        step = (result or {}).get("training_iteration")
-        if value is None or step is None:
-            return super().on_trial_complete(trial_id, result, error)
+        result = result or {}
+        self._note(trial_id, result)
+        value = result.get(self.metric)
+        step = result.get("training_iteration")
+        best = self._best.pop(trial_id, {})
         ot_trial = self._ot_trials[trial_id]
-        best = max(value, self._best.pop(trial_id, value))
         try:
-            if step < self._max_t:
+            if step is not None:
+                ot_trial.set_user_attr("epochs_run", int(step))
+            for key in ("best_epoch", *ATTR_KEYS, "node_id"):
+                if best.get(key) is not None:
+                    ot_trial.set_user_attr(key, best[key])
+            if error:
+                if value is not None and step is not None:
+                    ot_trial.report(value, step)
+                self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+            elif value is None or step is None:
+                self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+            elif step < self._max_t:
                 # on_trial_result never sees the last result: record it, then PRUNED
                 ot_trial.report(value, step)
                 self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
             else:
-                self._ot_study.tell(ot_trial, best, state=TrialState.COMPLETE)
+                self._ot_study.tell(ot_trial, best.get("value", value),
+                                    state=TrialState.COMPLETE)
         except Exception as e:  # e.g. a NaN value: Optuna refuses it; the search goes on
             log.warning("could not record trial %s in the study: %s", trial_id, e)
         self._completed_trials.add(trial_id)
 
 
 class LiveView(Callback):
-    """One compact status line: trials running/pending/done/pruned/failed and the best so far."""
+    """One compact status line: trials running/pending/done/pruned/failed and the best so far.
 
-    def __init__(self, metric: str, max_t: int, total: int, every: float = 5.0,
-                 stream: Any = None, score: str | None = None) -> None:
-        self.metric, self.max_t, self.total, self.every = metric, max_t, total, every
+    On a terminal the line is redrawn in place (``\\r``, clear to end of line, cut to the
+    terminal's width) at most every ``tty_every`` seconds and whenever a trial ends; in a log
+    (the stream is not a terminal) a whole line is written at most every ``every`` seconds. The
+    last line, at the end of the experiment, is always written.
+    """
+
+    def __init__(self, metric: str, max_t: int, total: int, every: float = 10.0,
+                 stream: Any = None, score: str | None = None, tty_every: float = 1.0) -> None:
+        self.metric, self.max_t, self.total = metric, max_t, total
         self.score = score or metric  # what is shown (the metric may carry a tie-break)
         self.stream = stream or sys.stderr
-        self._last = 0.0
+        isatty = getattr(self.stream, "isatty", None)
+        self.tty = bool(isatty and isatty())
+        self.every = tty_every if self.tty else every
+        self._last = -float("inf")
         self._best: tuple[float, str, int, dict[str, Any], float] | None = None
         self._ended: dict[str, str] = {}
         self._start = time.monotonic()
+        self._drawn = False  # a TTY line is on screen without its newline
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
@@ -85,17 +153,21 @@ class LiveView(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         it = (trial.last_result or {}).get("training_iteration", 0)
         self._ended[trial.trial_id] = "pruned" if it < self.max_t else "done"
-        self._show(trials, force=True)
+        self._show(trials, force=self.tty)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ended[trial.trial_id] = "failed"
-        self._show(trials, force=True)
+        self._show(trials, force=self.tty)
 
-    def _show(self, trials: list, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last < self.every:
-            return
-        self._last = now
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self._show(trials, force=True)
+        if self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._drawn = False
+
+    def line(self, trials: list) -> str:
+        """The status text for ``trials``."""
         counts = {"running": 0, "pending": 0, "done": 0, "pruned": 0, "failed": 0}
         for t in trials:
             if t.trial_id in self._ended:
@@ -105,13 +177,27 @@ class LiveView(Callback):
             elif t.status in ("PENDING", "PAUSED"):
                 counts["pending"] += 1
         counts["pending"] += max(0, self.total - len(trials))
-        line = (f"[{_clock(now - self._start)}] trials {self.total}: "
+        text = (f"[{_clock(time.monotonic() - self._start)}] trials {self.total}: "
                 + ", ".join(f"{k} {v}" for k, v in counts.items()))
         if self._best:
             _, _, epoch, cfg, shown = self._best
             params = " ".join(f"{k}={_short(v)}" for k, v in sorted(cfg.items()))
-            line += f" | best {self.score} {shown:.4f} (epoch {epoch}: {params})"
-        print(line, file=self.stream, flush=True)
+            text += f" | best {self.score} {shown:.4f} (epoch {epoch}: {params})"
+        return text
+
+    def _show(self, trials: list, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self.every:
+            return
+        self._last = now
+        text = self.line(trials)
+        if self.tty:
+            width = shutil.get_terminal_size((120, 24)).columns
+            self.stream.write(f"\r{text[:max(width - 1, 20)]}\x1b[K")
+            self._drawn = True
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
 
 
 def _clock(seconds: float) -> str:
