@@ -407,8 +407,10 @@ def start_ray() -> None:
 
     here = Path(__file__).resolve().parent
     path = os.pathsep.join([str(here), str(here.parent), os.environ.get("PYTHONPATH", "")])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=True,
-             logging_level=logging.ERROR, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    # "local": always a new Ray of our own, never one that another `ray start` left running
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=True, logging_level=logging.ERROR,
+             runtime_env={"env_vars": {"PYTHONPATH": path}})
 
 
 def main(argv: list[str] | None = None) -> int:

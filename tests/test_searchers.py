@@ -124,7 +124,7 @@ def test_fidelity_aware_search_leaves_a_named_study_with_trial_attributes(tmp_pa
         sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=3),
         storage=optuna.storages.RDBStorage(db), study_name="s")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         tune.Tuner(curve, tune_config=tune.TuneConfig(
             metric="objective", mode="max", search_alg=searcher, num_samples=6,
