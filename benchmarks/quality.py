@@ -160,9 +160,10 @@ def run_fold(config: Any, train: Any, held: Any, external: Any) -> dict[str, Any
     out: dict[str, Any] = {}
 
     def score(model: Any) -> None:  # the model as scored: EMA weights swapped in when on
-        for name, cells in (("held", held), ("external", external)):
-            out[name] = predict_proba(model, cells.images)
-            out[f"{name}_tta"] = predict_proba(model, cells.images, tta=True)
+        both = np.concatenate([held.images, external.images])  # one predict call per view
+        for key, tta in (("", False), ("_tta", True)):
+            p = predict_proba(model, both, tta=tta)
+            out[f"held{key}"], out[f"external{key}"] = p[:len(held)], p[len(held):]
 
     def last_epoch(epoch: int, row: dict[str, Any], model: Any) -> None:
         if epoch == config.epochs:

@@ -161,7 +161,7 @@ def test_searchers_replay_runs_in_quick_mode():
                          start_new_session=True)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()
-    assert re.match(r"^ratio: (\d+(\.\d+)?|nan)\b", lines[-1]), out.stdout
+    assert re.match(r"^ratio: (<?\d+(\.\d+)?|nan)\b", lines[-1]), out.stdout
     for method in ("ours", "optuna+asha", "random+asha", "tpe-full", "optuna-sha",
                    "optuna-hb"):
         assert any(line.strip().startswith(method) for line in lines), method
