@@ -7,28 +7,33 @@ accounts the epoch's stored wall seconds instead of training. Each run goes on u
 ``--budget`` trial-epochs; runs are sequential (one trial at a time), so the run's state after
 ``B`` trial-epochs is exactly what a search given the budget ``B`` would have done.
 
-Methods (ASHA settings shared: ``--grace-period``, ``--reduction-factor``, ``max_t`` = the
-table's epochs):
+Methods (ASHA / pruner settings shared: ``--grace-period``, ``--reduction-factor``, ``max_t`` =
+the table's epochs; TPE seeded per run):
 
 - ``ours``: ``search.searcher.FidelityAwareOptunaSearch`` (TPE, ``--startup`` random trials) +
-  ASHA; selects as ``search/final.py`` does (highest objective at any epoch of any trial).
+  ASHA; selects its ``study.best_trial``: the best last-epoch score among the trials that ran the
+  whole budget (row ``ours, any-epoch pick``: the same runs selected as ``search/final.py`` did,
+  by the highest score at any epoch of any trial).
 - ``optuna+asha``: Ray's stock ``OptunaSearch`` (TPE, Optuna's defaults) + ASHA; selects as
-  ``ResultGrid.get_best_result()`` does (highest last reported value).
-- ``random+asha``: ``BasicVariantGenerator`` + ASHA; same selection.
+  ``ResultGrid.get_best_result()`` does (highest last reported value of any trial); row
+  ``optuna+asha, ours' pick``: the same runs selected as ours selects.
+- ``random+asha``: ``BasicVariantGenerator`` + ASHA; selects as ``get_best_result()``.
 - ``tpe-full``: stock ``OptunaSearch``, no early stopping (every trial to ``max_t``).
 - ``optuna-sha`` / ``optuna-hb``: Optuna alone (``TPESampler`` + ``SuccessiveHalvingPruner`` /
   ``HyperbandPruner``), no Ray; selects ``study.best_trial`` (COMPLETE trials only).
+- ``--sweep``: ours again at other grace periods, reduction factors and start-up counts.
 
 A selection's regret is the table's best full-budget score minus the selected configuration's
 full-budget score (held-out weighted F1 at the last epoch; a run that diverged scores 0).
-Prints, per method, the mean regret over seeds at several budgets (trial-epochs and the
-replayed seconds they took), the median budget from which a seed's selection stays within
-``--target`` of the best, Ray's overhead per replayed trial, and last the headline ratio:
-the budget ``ours`` needs over what ``optuna+asha`` needs.
+Prints, per method, the mean regret over seeds at several budgets (trial-epochs, and replayed
+seconds), the median budget from which a seed's selection stays within ``--target`` of the best,
+Ray's cost per replayed trial and the share of epochs spent re-running a configuration already
+run (the space is a 72-point grid; a fixed-seed CPU run would repeat itself just the same), and
+last the headline ratio: the budget ``ours`` needs over what ``optuna+asha`` needs.
 
-    python benchmarks/searchers.py                   # 20 seeds, 576 trial-epochs (minutes)
-    python benchmarks/searchers.py --quick           # CI: 3 seeds, 96 trial-epochs
-    python benchmarks/searchers.py --plot benchmarks/data/searchers.svg
+    python benchmarks/searchers.py                   # 20 seeds, 576 trial-epochs (~5 min)
+    python benchmarks/searchers.py --quick           # CI: 3 seeds, 96 trial-epochs (~1 min)
+    python benchmarks/searchers.py --sweep --plot benchmarks/data/searchers.svg   # ~15 min
 """
 
 from __future__ import annotations
@@ -396,7 +401,7 @@ def plan(args: argparse.Namespace) -> list[Row]:
                     Row(STOCK_COMPLETE, Setting(BASELINE, g, rf, 10), "complete"))
     if args.sweep:
         knobs = ([(x, rf, st) for x in (1, 2, 3, 4) if x != g]
-                 + [(g, x, st) for x in (2, 3, 4) if x != rf]
+                 + [(g, x, st) for x in (2, 3, 4, 5) if x != rf]
                  + [(g, rf, x) for x in (3, 5, 10, 20) if x != st])
         rows += [Row(f"ours g{a} rf{b} s{c}", Setting("ours", a, b, c), PICK["ours"])
                  for a, b, c in knobs]
@@ -424,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=20)
     p.add_argument("--budget", type=int, default=576, help="trial-epochs per search")
     p.add_argument("--grace-period", type=int, default=2, help="ASHA / pruners (all methods)")
-    p.add_argument("--reduction-factor", type=int, default=3, help="ASHA / pruners")
+    p.add_argument("--reduction-factor", type=int, default=4, help="ASHA / pruners")
     p.add_argument("--startup", type=int, default=10, help="ours: TPE's random start-up trials")
     p.add_argument("--target", type=float, default=0.01, help="regret counted as found")
     p.add_argument("--sweep", action="store_true",
