@@ -11,9 +11,10 @@ Methods (ASHA / pruner settings shared: ``--grace-period``, ``--reduction-factor
 the table's epochs; TPE seeded per run):
 
 - ``ours``: ``search.searcher.FidelityAwareOptunaSearch`` (TPE, ``--startup`` random trials) +
-  ASHA; selects its ``study.best_trial``: the best last-epoch score among the trials that ran the
-  whole budget (row ``ours, any-epoch pick``: the same runs selected as ``search/final.py`` did,
-  by the highest score at any epoch of any trial).
+  ASHA; selects with ``search.final.best_trial`` (what the search's final step trains): the best
+  last-epoch score among the trials that ran the whole budget, which is also the study's
+  ``best_trial`` (row ``ours, any-epoch pick``: the same runs selected as ``search/final.py``
+  did before, by the highest score at any epoch of any trial).
 - ``optuna+asha``: Ray's stock ``OptunaSearch`` (TPE, Optuna's defaults) + ASHA; selects as
   ``ResultGrid.get_best_result()`` does (highest last reported value of any trial); row
   ``optuna+asha, ours' pick``: the same runs selected as ours selects.
@@ -289,8 +290,8 @@ Trials = list[tuple[int, int, bool]]
 
 
 def _pick_any_epoch(table: Table, trials: Trials) -> int | None:
-    """search/final.py today: highest objective at any epoch of any trial (then fewer epochs,
-    then earlier)."""
+    """search/final.py before this benchmark: highest objective at any epoch of any trial (then
+    fewer epochs, then earlier)."""
     best = None
     for n, (cid, ran, _) in enumerate(trials):
         for e, m in enumerate(table.curves[cid][:ran], 1):
@@ -313,9 +314,28 @@ def _pick_complete(table: Table, trials: Trials) -> int | None:
     return _pick_last(table, [(c, r, e) for c, r, e in trials if r == table.max_t and not e])
 
 
+def _pick_search(table: Table, trials: Trials) -> int | None:
+    """``search.final.best_trial`` itself, on the trial records ``search/run.py`` builds."""
+    from search.final import best_trial
+
+    records = []
+    for n, (cid, ran, err) in enumerate(trials):
+        curve = table.curves[cid][:ran]
+        if not curve:
+            continue
+        peak = max(range(len(curve)), key=lambda e: (curve[e][OBJECTIVE], -e))
+        status = "failed" if err else "completed" if ran == table.max_t else "pruned"
+        records.append({"number": n, "config_id": cid, "status": status, "epochs_run": ran,
+                        "best_objective": curve[peak][OBJECTIVE], "best_epoch": peak + 1,
+                        "last_objective": curve[-1][OBJECTIVE]})
+    chosen = best_trial(records)
+    return chosen["config_id"] if chosen else None
+
+
 PICKS: dict[str, Callable[[Table, Trials], int | None]] = {
-    "any-epoch": _pick_any_epoch, "last": _pick_last, "complete": _pick_complete}
-PICK = {"ours": "complete", "optuna+asha": "last", "random+asha": "last", "tpe-full": "last",
+    "any-epoch": _pick_any_epoch, "last": _pick_last, "complete": _pick_complete,
+    "search": _pick_search}
+PICK = {"ours": "search", "optuna+asha": "last", "random+asha": "last", "tpe-full": "last",
         "optuna-sha": "complete", "optuna-hb": "complete"}
 
 

@@ -1,12 +1,13 @@
 """After the search: train the best configuration's final models, choose the decision threshold
 on held-out patients, export one ``.keras`` file, score it once on ``validation_data``.
 
-``--final cv`` (the default): the best configuration is trained once per training fold held out
-(K = 3 on C-NMC; patient groups on a one-fold dataset) and per seed (``--final-seeds``), for the
-epoch count at which its trial peaked, all at once as Ray tasks across the cluster's free trial
-slots. Each member scores the fold it never saw: these out-of-fold predictions (every cell scored
-by a model that never trained on its patient) choose the threshold that maximises weighted F1 and
-give an honest cross-validated estimate (``cv_`` keys). ``best/model.keras`` is the whole
+``--final cv`` (the default): the best configuration (``best_trial``: the best full-budget run)
+is trained once per training fold held out (K = 3 on C-NMC; patient groups on a one-fold
+dataset) and per seed (``--final-seeds``), for the epochs its trial ran, all at once as Ray tasks
+across the cluster's free trial slots. Each member scores the fold it never saw: these
+out-of-fold predictions (every cell scored by a model that never trained on its patient) choose
+the threshold that maximises weighted F1 and give an honest cross-validated estimate (``cv_``
+keys). ``best/model.keras`` is the whole
 ensemble: raw uint8 pixels in, the members' mean P(ALL) out, averaged over the 8 flips/rotations
 of the cell (TTA), with the crop and the threshold stored inside it.
 
@@ -143,12 +144,39 @@ def _samples(store: Any, per_class: int = 8) -> dict[str, list[np.ndarray]]:
 
 
 def best_trial(trials: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The trial with the highest objective at any epoch (then fewer epochs, then earlier)."""
+    """The trial whose configuration the final step trains: the best full-budget run.
+
+    Among the trials that ran the whole epoch budget (status ``completed``), the highest
+    objective at the last epoch (then the earlier trial): every candidate is then scored at the
+    same fidelity, at the epoch count the final trains for. Picking the peak epoch of any trial
+    instead picks the top of a curve that moves by ±0.03 between epochs, and ASHA-stopped trials
+    at low fidelity; on real replayed curves that doubled the epochs needed to get within 0.01
+    of the best configuration (``benchmarks/searchers.py``, PERFORMANCE.md). When no trial ran
+    the whole budget, the highest objective at any epoch (then fewer epochs, then earlier).
+    """
+    full = [t for t in trials
+            if t.get("status") == "completed" and t.get("last_objective") is not None]
+    if full:
+        return max(full, key=lambda t: (t["last_objective"], -t["number"]))
     scored = [t for t in trials if t.get("best_objective") is not None]
     if not scored:
         return None
     return max(scored, key=lambda t: (t["best_objective"], -(t["best_epoch"] or 0),
                                       -t["number"]))
+
+
+def selected_epoch(trial: dict[str, Any]) -> int:
+    """The epoch at which :func:`best_trial` judged ``trial``: its last for a full-budget run."""
+    if trial.get("status") == "completed" and trial.get("last_objective") is not None:
+        return int(trial["epochs_run"])
+    return int(trial["best_epoch"])
+
+
+def selected_score(trial: dict[str, Any]) -> float | None:
+    """The held-out score :func:`best_trial` judged ``trial`` by (at :func:`selected_epoch`)."""
+    if trial.get("status") == "completed" and trial.get("last_objective") is not None:
+        return trial.get("last_score")
+    return trial.get("best_score")
 
 
 def plan_members(trial: dict[str, Any], settings: SearchSettings, folds: list[int], *,
@@ -159,7 +187,7 @@ def plan_members(trial: dict[str, Any], settings: SearchSettings, folds: list[in
 
     if mode not in MODES:
         raise ValueError(f"--final {mode!r}: expected one of {', '.join(MODES)}")
-    epochs = int(trial["best_epoch"])
+    epochs = selected_epoch(trial)
     overrides = to_train_overrides(trial["params"])
     if overrides.get("freeze_epochs", 0) >= epochs:
         overrides["freeze_epochs"] = max(0, epochs - 1)

@@ -9,8 +9,9 @@ learning curves, trials); ``search.report_final`` the final model's section and
 ``search.gallery`` the pictures (data overview, misclassified cells).
 
 The objective is ``val_weighted_f1`` (the C-NMC 2019 challenge metric), maximised; a trial's
-score is its best epoch. The best trial is the search's (``search.final.best_trial``): the
-highest held-out score at any epoch, stopped trials included, as the final retrain uses.
+score in the tables is its best epoch. The best trial is the search's
+(``search.final.best_trial``): the highest held-out score at the last epoch among the trials that
+ran the whole budget (any epoch of any trial only when none did), as the final retrain uses.
 
 Both writers replace their file atomically, so a reader never sees a half-written file.
 """
@@ -61,6 +62,7 @@ TRIAL_COLUMNS = (
     "best_score",
     "best_epoch",
     "epochs_run",
+    "last_score",
     "error",
     "node_id",
     "nodes",
@@ -108,7 +110,8 @@ def _csv_cell(value: Any) -> str:
 def write_trials_csv(path: Path, trials: list[dict]) -> None:
     """Write one CSV row per trial, sorted by trial number, atomically.
 
-    The columns are ``trial_id, number, status, best_score, best_epoch, epochs_run, error,
+    The columns are ``trial_id, number, status, best_score, best_epoch, epochs_run, last_score
+    (the score at the last epoch run: what picks the best of the full-budget trials), error,
     node_id, nodes, resumed_from_epoch, started_at, ended_at`` and then ``param_<name>`` for
     every parameter of any trial (in first-seen order); a parameter a trial does not have (a
     conditional one) is blank, as are None and NaN values.
@@ -185,14 +188,20 @@ def _header(trials: Sequence[dict], command: str, settings: dict) -> str:
     if best is None:
         parts.append(note("No trial reported a score."))
     else:
+        from search.final import selected_epoch, selected_score
+
         if best.get("status") != "completed":
-            parts.append(note(f"This trial was {esc(best.get('status'))}; its peak epoch "
-                               "still scored best, and the final retrain uses that epoch count."))
+            status = esc(best.get("status"))
+            parts.append(note(f"No trial ran the whole budget; this one ({status}) peaked "
+                              "highest, and the final retrain uses its peak epoch count."))
+        else:
+            parts.append('<p class="muted">The best of the trials that ran the whole budget, '
+                         "by its last epoch (the epochs the final retrain runs).</p>")
         parts.append(
             f"<p><b>{esc(best.get('trial_id'))}</b> #{esc(best.get('number'))} "
             f"{_badge(str(best.get('status')))}<br>{METRIC} "
-            f"<b>{esc(fixed(best.get('best_score')))}</b> at epoch "
-            f"{esc(fmt(best.get('best_epoch')))} of {esc(fmt(best.get('epochs_run')))}</p>"
+            f"<b>{esc(fixed(selected_score(best)))}</b> at epoch "
+            f"{esc(fmt(selected_epoch(best)))} of {esc(fmt(best.get('epochs_run')))}</p>"
         )
         parts.append(kv_table(sorted((best.get("params") or {}).items())))
     parts.append("</div></div>")

@@ -113,6 +113,7 @@ def collect_trials(results: Any, max_t: int) -> list[dict[str, Any]]:
             "error": _short_error(r.error) if r.error else None, "history": history,
             "best_score": best[0], "best_epoch": best[1], "epochs_run": epochs,
             "best_objective": top[0] if top else None,
+            "last_objective": _clean(last.get(METRIC)), "last_score": _clean(last.get(SCORE)),
             "node_id": last.get("node_id"), "pid": last.get("pid"),
             "nodes": list(dict.fromkeys(h["node_id"] for h in history if h.get("node_id"))),
             "resumed_from_epoch": max((h.get("resumed_from_epoch") or 0 for h in history),
@@ -180,8 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("search")
     g.add_argument("--trials", type=int, help="trials to run (64; demo data: 20)")
     g.add_argument("--max-epochs", type=int, help="epoch budget = ASHA max_t (20; demo: 10)")
+    # grace 2, factor 4, 10 start-up trials: what benchmarks/searchers.py --sweep found on real
+    # replayed learning curves (PERFORMANCE.md, "Searchers")
     g.add_argument("--grace-period", type=int, help="ASHA grace period in epochs (2)")
-    g.add_argument("--reduction-factor", type=int, default=3, help="ASHA reduction factor (3)")
+    g.add_argument("--reduction-factor", type=int, default=4, help="ASHA reduction factor (4)")
+    g.add_argument("--startup-trials", type=int, default=10,
+                   help="TPE's random start-up trials before it models the results (10)")
     g.add_argument("--val-fold", type=int, default=0, help="training fold held out (0)")
     g.add_argument("--image-size", type=int, help="image side in px (224; demo: 64)")
     g.add_argument("--batch-size", type=int, default=32)
@@ -266,6 +271,8 @@ def validate(args: argparse.Namespace) -> None:
     if args.grace_period < 1 or args.grace_period > args.max_epochs:
         raise ValueError(f"--grace-period {args.grace_period}: must be in 1..--max-epochs "
                          f"({args.max_epochs})")
+    if args.startup_trials < 0:
+        raise ValueError(f"--startup-trials {args.startup_trials}: must be at least 0")
     if args.reduction_factor < 2:
         raise ValueError(f"--reduction-factor {args.reduction_factor}: must be at least 2")
     for b in args.backbone_list:  # every backbone must be legal at this image size
@@ -421,7 +428,7 @@ def build_tuner(args: argparse.Namespace, settings: Any, per_trial: dict[str, fl
                               weights=args.weights, max_epochs=args.max_epochs)
     searcher = FidelityAwareOptunaSearch(
         space=space, metric=METRIC, mode=MODE, max_t=args.max_epochs,
-        sampler=optuna.samplers.TPESampler(seed=args.seed),
+        sampler=optuna.samplers.TPESampler(seed=args.seed, n_startup_trials=args.startup_trials),
         storage=optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}"),
         study_name="cnmc-search")
     return tune.Tuner(
@@ -472,8 +479,8 @@ def write_summary(args: argparse.Namespace, trials: list[dict[str, Any]],
                "trial_counts": counts, "trial_epochs": trial_epochs,
                "trial_epochs_full_budget": len(trials) * args.max_epochs,
                "best_trial": best["trial_id"] if best else None,
-               "best_val_fold_weighted_f1": best["best_score"] if best else None,
-               "best_epoch": best["best_epoch"] if best else None,
+               "best_val_fold_weighted_f1": final_mod.selected_score(best) if best else None,
+               "best_epoch": final_mod.selected_epoch(best) if best else None,
                "threshold": final["threshold"] if final else None,
                "validation": final["metrics_at_threshold"] if final else None,
                "validation_at_0.5": final["metrics"] if final else None,

@@ -20,7 +20,15 @@ import pytest
 from searchrun import run, start, stop_group
 
 from leukemia import metrics as M
-from search.final import _choose_threshold, _pool_oof, plan_members, training_folds
+from search.final import (
+    _choose_threshold,
+    _pool_oof,
+    best_trial,
+    plan_members,
+    selected_epoch,
+    selected_score,
+    training_folds,
+)
 from search.settings import SearchSettings
 
 MEMBERS = ("fold0-seed0", "fold1-seed0", "fold2-seed0")  # the sample store has 3 official folds
@@ -50,6 +58,41 @@ def test_plan_members_cv_one_member_per_held_out_fold_and_seed():
         assert (c.backbone, c.learning_rate, c.dropout, c.image_size) == \
             ("small_cnn", 3e-4, 0.1, 32)
         assert c.augment is False
+
+
+def _ran(number: int, status: str, objectives: list[float]) -> dict:
+    """A trial record as ``search/run.py`` builds it (objective = score here)."""
+    peak = max(range(len(objectives)), key=lambda e: (objectives[e], -e))
+    return {"trial_id": f"t{number}", "number": number, "status": status,
+            "epochs_run": len(objectives), "best_objective": objectives[peak],
+            "best_score": objectives[peak], "best_epoch": peak + 1,
+            "last_objective": objectives[-1], "last_score": objectives[-1],
+            "params": TRIAL["params"]}
+
+
+def test_best_trial_is_the_best_full_budget_run_not_the_highest_peak():
+    spiky = _ran(0, "completed", [0.60, 0.90, 0.70, 0.72])  # peaked at epoch 2, ended at 0.72
+    steady = _ran(1, "completed", [0.60, 0.70, 0.75, 0.80])
+    stopped = _ran(2, "pruned", [0.95, 0.85])  # stopped by ASHA at its second rung
+    best = best_trial([spiky, steady, stopped])
+    assert best is steady
+    assert (selected_epoch(best), selected_score(best)) == (4, 0.80)
+    [member] = plan_members(best, _settings(max_epochs=4), [0], mode="all-folds", seeds=1)
+    assert member.epochs == 4 == member.schedule_epochs  # the whole budget it was judged at
+
+
+def test_best_trial_ties_go_to_the_earlier_trial():
+    a, b = _ran(3, "completed", [0.5, 0.8]), _ran(1, "completed", [0.6, 0.8])
+    assert best_trial([a, b]) is b
+
+
+def test_best_trial_without_a_full_budget_run_takes_the_peak_of_any_trial():
+    failed = _ran(0, "failed", [0.70, 0.90])
+    stopped = _ran(1, "pruned", [0.80, 0.85])
+    best = best_trial([failed, stopped])
+    assert best is failed and (selected_epoch(best), selected_score(best)) == (2, 0.90)
+    assert best_trial([{"trial_id": "x", "number": 0, "status": "failed",
+                        "best_objective": None}]) is None
 
 
 def test_plan_members_all_folds_trains_on_every_fold():

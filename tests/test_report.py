@@ -170,13 +170,14 @@ def test_write_trials_csv_one_row_per_trial_with_param_columns(tmp_path: Path) -
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["number"] for r in rows] == ["0", "1", "2", "3", "4", "5", "6"]
-    assert list(rows[0])[:12] == [
+    assert list(rows[0])[:13] == [
         "trial_id",
         "number",
         "status",
         "best_score",
         "best_epoch",
         "epochs_run",
+        "last_score",
         "error",
         "node_id",
         "nodes",

@@ -165,6 +165,12 @@ def test_search_end_to_end_on_real_sample(tmp_path, real_data):
     config = json.loads((out / "best" / "config.json").read_text())
     assert config["val_fold"] is None and config["final"] == "all-folds"
     assert (config["crop"], config["tta"]) == ("cell", False)
+    # the final trains the best full-budget trial (by its last epoch) for that whole budget
+    summary = json.loads((out / "summary.json").read_text())
+    full = {t["trial_id"]: t for t in trials if t["status"] == "completed"}
+    assert summary["best_trial"] in full and summary["best_epoch"] == 3 == config["epochs"]
+    top = max(float(t["last_score"]) for t in full.values())
+    assert float(full[summary["best_trial"]]["last_score"]) >= top - 1e-4  # AUC tie-break
     html = (out / "report.html").read_text()
     assert html.count("<svg") >= 4 and "<script src" not in html
     assert "trials 6:" in text  # the live view
