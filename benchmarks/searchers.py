@@ -256,7 +256,9 @@ def optuna_run(method: str, seed: int, budget: int, table: Table, grace: int, rf
                    if method == "optuna-sha" else
                    optuna.pruners.HyperbandPruner(min_resource=grace, max_resource=table.max_t,
                                                   reduction_factor=rf))
-    study = optuna.create_study(direction="maximize", pruner=pruner,
+    # a fixed name: HyperbandPruner deals trials to brackets by a hash of it (a random one
+    # otherwise, and the run would not repeat)
+    study = optuna.create_study(direction="maximize", pruner=pruner, study_name=f"{method}-{seed}",
                                 sampler=optuna.samplers.TPESampler(seed=seed))
     run, spent = Run(), _Budget(budget)
 
@@ -503,6 +505,7 @@ def report(table: Table, rows: list[Row], runs: dict[Setting, list[Run]],
     per_epoch = statistics.mean(m["wall_seconds"] for c in table.curves.values() for m in c)
     trajs = {r.label: [trajectory(table, run, r.pick) for run in runs[r.setting]] for r in rows}
     need: dict[str, float] = {}
+    times: dict[str, list[float]] = {}
     for axis, unit, scale in ((0, "trial-epochs", 1.0), (1, "replayed seconds", per_epoch)):
         cols = [b * scale for b in budgets]
         print(f"\nmean regret (best - selected configuration's full-budget held-out wF1) over "
@@ -518,6 +521,7 @@ def report(table: Table, rows: list[Row], runs: dict[Setting, list[Run]],
             hit = sum(time_to_target(t, args.target, axis) < math.inf for t in ts)
             if axis == 0:
                 need[label] = at
+                times[label] = [time_to_target(t, args.target) for t in ts]
             print(f"{label:>22}{cells}   {at:>8.0f} ({hit}/{len(ts)})")
     if args.plot:
         write_plot(args.plot, trajs, table, args)
@@ -525,6 +529,9 @@ def report(table: Table, rows: list[Row], runs: dict[Setting, list[Run]],
         ours, base = need["ours"], need[BASELINE]
         what = (f"(trial-epochs ours needs to stay within {args.target} of the best / what "
                 f"{BASELINE} needs; medians over {args.seeds} seeds)")
+        lo, hi = ratio_interval(times["ours"], times[BASELINE])
+        print(f"\nseeds resampled (2,000 bootstrap draws of {args.seeds} seeds per method): the "
+              f"ratio's 90% interval is {lo:.2f}-{hi:.2f}")
         if base < math.inf:
             print(f"\nratio: {ours / base:.3f}  {what}")
         elif ours < math.inf:  # the baseline's median is beyond the budget: a bound
@@ -532,6 +539,24 @@ def report(table: Table, rows: list[Row], runs: dict[Setting, list[Run]],
                   f"the {args.budget} trial-epoch budget")
         else:
             print(f"\nratio: nan  {what}; neither gets there within {args.budget}")
+
+
+def ratio_interval(ours: list[float], base: list[float], draws: int = 2000
+                   ) -> tuple[float, float]:
+    """5th and 95th percentiles of median(ours) / median(base) over seeds resampled with
+    replacement (a median beyond the budget is inf; the ratio is then 0 or inf)."""
+    import random
+
+    rng = random.Random(0)
+    ratios = []
+    for _ in range(draws):
+        a = statistics.median(rng.choices(ours, k=len(ours)))
+        b = statistics.median(rng.choices(base, k=len(base)))
+        ratios.append(a / b if b < math.inf else 0.0 if a < math.inf else math.nan)
+    ratios = sorted(r for r in ratios if not math.isnan(r))
+    if not ratios:
+        return math.nan, math.nan
+    return ratios[int(0.05 * (len(ratios) - 1))], ratios[int(0.95 * (len(ratios) - 1))]
 
 
 def write_plot(path: str, trajs: dict[str, list[list[tuple[int, float, float]]]], table: Table,

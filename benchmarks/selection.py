@@ -19,7 +19,9 @@ random subsets of the pool and over the 6 (train, select, test) arrangements.
     python benchmarks/selection.py --quick         # the 240-image sample, 3 configurations (CI)
 
 Rows are appended to ``--results`` (JSON lines) as each training finishes, so a cut-off run
-resumes. Last line: ``best: <signal>`` by mean test weighted F1.
+resumes. Then the same simulated searches with the search's signal, two ways to pick the trial the
+final step trains: the peak epoch of any trial, or the best last-epoch score (the full-budget
+run; ``search.final.best_trial``). Last line: ``best: <signal>`` by mean test weighted F1.
 """
 
 from __future__ import annotations
@@ -105,12 +107,8 @@ def train_one(cfg: dict[str, Any], data: Any, groups: np.ndarray, train_group: i
     return rows
 
 
-def analyse(results: list[dict[str, Any]], k: int, draws: int, seed: int
-            ) -> dict[str, dict[str, float]]:
-    """Mean test scores of the picks each signal makes in simulated searches of ``k`` trials."""
-    from leukemia import metrics as M
-
-    # (config, train group, epoch, scored group) -> scores on that group
+def _score_table(results: list[dict[str, Any]]) -> dict[tuple[int, int, int, int], dict]:
+    """(config, train group, epoch, scored group) -> that group's scores (and labels, probs)."""
     table: dict[tuple[int, int, int, int], dict[str, Any]] = {}
     for r in results:
         for e in r["epochs"]:
@@ -118,11 +116,15 @@ def analyse(results: list[dict[str, Any]], k: int, draws: int, seed: int
             s = _epoch_scores(y, p)
             s["y"], s["p"] = y, p
             table[(r["config"], r["train_group"], e["epoch"], e["group"])] = s
+    return table
+
+
+def _simulated_searches(table: dict, k: int, draws: int, seed: int):
+    """(train, select, test group, the candidate (config, epoch) pairs) of each simulated
+    search: ``draws`` random subsets of ``k`` configurations per arrangement."""
     configs = sorted({key[0] for key in table})
     arrangements = sorted({(a, b) for (_, a, _, b) in table})
     rng = np.random.default_rng(seed)
-    out: dict[str, dict[str, list[float]]] = {s: {"test_auc": [], "test_wf1": []}
-                                              for s in SIGNALS}
     for train_g, sel_g in arrangements:
         test_g = next((b for (a, b) in arrangements if a == train_g and b != sel_g), None)
         if test_g is None:
@@ -131,20 +133,63 @@ def analyse(results: list[dict[str, Any]], k: int, draws: int, seed: int
             subset = rng.choice(configs, size=min(k, len(configs)), replace=False)
             cands = [(c, e) for (c, a, e, b) in table if a == train_g and b == sel_g
                      and c in subset]
-            for signal in SIGNALS:
-                scored = [(table[(c, train_g, e, sel_g)][signal], c, e) for c, e in cands
-                          if table[(c, train_g, e, sel_g)][signal] is not None]
-                if not scored:
-                    continue
-                _, c, e = max(scored, key=lambda t: (t[0], -t[2]))
-                sel, test = table[(c, train_g, e, sel_g)], table[(c, train_g, e, test_g)]
-                if test["roc_auc"] is not None:
-                    out[signal]["test_auc"].append(test["roc_auc"])
-                t = sel["threshold"] if signal != "wf1_at_0.5" else 0.5
-                out[signal]["test_wf1"].append(
-                    M.weighted_f1(test["y"], (test["p"] >= t).astype(int)))
+            yield train_g, sel_g, test_g, cands
+
+
+def analyse(results: list[dict[str, Any]], k: int, draws: int, seed: int
+            ) -> dict[str, dict[str, float]]:
+    """Mean test scores of the picks each signal makes in simulated searches of ``k`` trials."""
+    from leukemia import metrics as M
+
+    table = _score_table(results)
+    out: dict[str, dict[str, list[float]]] = {s: {"test_auc": [], "test_wf1": []}
+                                              for s in SIGNALS}
+    for train_g, sel_g, test_g, cands in _simulated_searches(table, k, draws, seed):
+        for signal in SIGNALS:
+            scored = [(table[(c, train_g, e, sel_g)][signal], c, e) for c, e in cands
+                      if table[(c, train_g, e, sel_g)][signal] is not None]
+            if not scored:
+                continue
+            _, c, e = max(scored, key=lambda t: (t[0], -t[2]))
+            sel, test = table[(c, train_g, e, sel_g)], table[(c, train_g, e, test_g)]
+            if test["roc_auc"] is not None:
+                out[signal]["test_auc"].append(test["roc_auc"])
+            t = sel["threshold"] if signal != "wf1_at_0.5" else 0.5
+            out[signal]["test_wf1"].append(
+                M.weighted_f1(test["y"], (test["p"] >= t).astype(int)))
     return {s: {m: float(np.mean(v)) if v else float("nan") for m, v in d.items()}
             for s, d in out.items()}
+
+
+EPOCH_RULES = ("peak epoch of any trial", "last epoch (full budget)")
+
+
+def analyse_epochs(results: list[dict[str, Any]], k: int, draws: int, seed: int
+                   ) -> dict[str, dict[str, float]]:
+    """The search's signal (wF1 at 0.5), two ways to pick the trial the final trains: the
+    (configuration, epoch) with the highest selection score at any epoch (the final then trains
+    that many epochs), or the configuration with the highest score at the last epoch (the
+    final trains them all; ``search.final.best_trial``). Scored on the test patients at the
+    picked epoch, at 0.5 (wF1) and by ranking (AUC)."""
+    from leukemia import metrics as M
+
+    table = _score_table(results)
+    out: dict[str, dict[str, list[float]]] = {r: {"test_auc": [], "test_wf1": []}
+                                              for r in EPOCH_RULES}
+    last = max(key[2] for key in table)
+    for train_g, sel_g, test_g, cands in _simulated_searches(table, k, draws, seed):
+        signal = {(c, e): table[(c, train_g, e, sel_g)]["wf1_at_0.5"] for c, e in cands}
+        if not signal:
+            continue
+        peak = max(signal, key=lambda ce: (signal[ce], -ce[1], -ce[0]))
+        full = max((ce for ce in signal if ce[1] == last), key=lambda ce: (signal[ce], -ce[0]))
+        for rule, (c, e) in zip(EPOCH_RULES, (peak, full)):
+            test = table[(c, train_g, e, test_g)]
+            if test["roc_auc"] is not None:
+                out[rule]["test_auc"].append(test["roc_auc"])
+            out[rule]["test_wf1"].append(M.weighted_f1(test["y"], (test["p"] >= 0.5).astype(int)))
+    return {r: {m: float(np.mean(v)) if v else float("nan") for m, v in d.items()}
+            for r, d in out.items()}
 
 
 def main() -> None:
@@ -200,6 +245,11 @@ def main() -> None:
     print(f"{'selection signal':<24} {'test ROC AUC':>12} {'test wF1':>9}")
     for s, m in res.items():
         print(f"{s:<24} {m['test_auc']:>12.4f} {m['test_wf1']:>9.4f}")
+    rules = analyse_epochs(list(done.values()), args.k, 20 if args.quick else args.draws,
+                           args.seed)
+    print(f"\n{'which trial (signal wF1 at 0.5)':<32} {'test ROC AUC':>12} {'test wF1':>9}")
+    for r, m in rules.items():
+        print(f"{r:<32} {m['test_auc']:>12.4f} {m['test_wf1']:>9.4f}")
     best = max(res, key=lambda s: (np.nan_to_num(res[s]["test_wf1"], nan=-1), s))
     print(f"best: {best}")
 

@@ -203,3 +203,31 @@ def test_curves_resume_where_they_stopped(tmp_path, dev_data):
     assert {r["val_cells"] for r in rows} == {"993"}
     assert all(0 <= float(r["val_weighted_f1"]) <= 1 and float(r["wall_seconds"]) > 0
                for r in rows)
+
+
+def test_replay_selects_as_the_search_does():
+    if not TABLE.exists():
+        pytest.skip(f"{TABLE} not generated yet (python benchmarks/curves.py)")
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import searchers
+
+    table = searchers.load_table(TABLE)
+    whole = [c for c in table.curves if c not in table.failed]
+    by_last = sorted(whole, key=lambda c: table.curves[c][-1]["objective"])
+    low, high = by_last[len(by_last) // 2], by_last[-1]
+    # a stopped trial of the best configuration, two full runs of others: the best full run wins
+    trials = [(high, 2, False), (low, table.max_t, False), (by_last[-2], table.max_t, False)]
+    assert searchers._pick_search(table, trials) == by_last[-2]
+    assert searchers._pick_search(table, trials) == searchers._pick_complete(table, trials)
+    stopped = [(low, 2, False), (high, 8, False)]  # no full run: the peak of any trial
+    assert searchers._pick_search(table, stopped) == searchers._pick_any_epoch(table, stopped)
+
+
+def test_ratio_interval_brackets_the_ratio_of_medians():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import searchers
+
+    ours, base = [60.0, 68.0, 70.0, 75.0, 80.0] * 4, [100.0, 110.0, 120.0, 130.0] * 5
+    lo, hi = searchers.ratio_interval(ours, base)
+    assert lo <= 70 / 115 <= hi and 0 < lo < hi < 1
+    assert searchers.ratio_interval([1.0], [float("inf")]) == (0.0, 0.0)
