@@ -136,12 +136,11 @@ def _simulated_searches(table: dict, k: int, draws: int, seed: int):
             yield train_g, sel_g, test_g, cands
 
 
-def analyse(results: list[dict[str, Any]], k: int, draws: int, seed: int
-            ) -> dict[str, dict[str, float]]:
-    """Mean test scores of the picks each signal makes in simulated searches of ``k`` trials."""
+def analyse(table: dict, k: int, draws: int, seed: int) -> dict[str, dict[str, float]]:
+    """Mean test scores of the picks each signal makes in simulated searches of ``k`` trials
+    (``table``: :func:`_score_table`)."""
     from leukemia import metrics as M
 
-    table = _score_table(results)
     out: dict[str, dict[str, list[float]]] = {s: {"test_auc": [], "test_wf1": []}
                                               for s in SIGNALS}
     for train_g, sel_g, test_g, cands in _simulated_searches(table, k, draws, seed):
@@ -164,8 +163,7 @@ def analyse(results: list[dict[str, Any]], k: int, draws: int, seed: int
 EPOCH_RULES = ("peak epoch of any trial", "last epoch (full budget)")
 
 
-def analyse_epochs(results: list[dict[str, Any]], k: int, draws: int, seed: int
-                   ) -> dict[str, dict[str, float]]:
+def analyse_epochs(table: dict, k: int, draws: int, seed: int) -> dict[str, dict[str, float]]:
     """The search's signal (wF1 at 0.5), two ways to pick the trial the final trains: the
     (configuration, epoch) with the highest selection score at any epoch (the final then trains
     that many epochs), or the configuration with the highest score at the last epoch (the
@@ -174,7 +172,6 @@ def analyse_epochs(results: list[dict[str, Any]], k: int, draws: int, seed: int
     patients (as the exported model's threshold is chosen on held-out patients)."""
     from leukemia import metrics as M
 
-    table = _score_table(results)
     out: dict[str, dict[str, list[float]]] = {
         r: {"test_auc": [], "test_wf1": [], "test_wf1_threshold": []} for r in EPOCH_RULES}
     last = max(key[2] for key in table)
@@ -242,15 +239,16 @@ def main() -> None:
         done[(i, g)] = r
         print(f"config {i} ({cfg['backbone']}, lr {cfg['learning_rate']:.2g}) trained on group "
               f"{g}: {r['seconds']:.0f} s", flush=True)
-    res = analyse(list(done.values()), args.k, 20 if args.quick else args.draws, args.seed)
+    table = _score_table(list(done.values()))  # scored once, read by both analyses
+    draws = 20 if args.quick else args.draws
+    res = analyse(table, args.k, draws, args.seed)
     print(f"\n{len(pool)} configurations x {len(set(groups.tolist()))} training groups, "
           f"{args.epochs} epochs, {args.image_size} px; simulated searches of {args.k} trials "
           f"({time.monotonic() - t0:.0f} s)")
     print(f"{'selection signal':<24} {'test ROC AUC':>12} {'test wF1':>9}")
     for s, m in res.items():
         print(f"{s:<24} {m['test_auc']:>12.4f} {m['test_wf1']:>9.4f}")
-    rules = analyse_epochs(list(done.values()), args.k, 20 if args.quick else args.draws,
-                           args.seed)
+    rules = analyse_epochs(table, args.k, draws, args.seed)
     print(f"\n{'which trial (signal wF1 at 0.5)':<32} {'test ROC AUC':>12} {'test wF1':>9} "
           f"{'test wF1 at the selection threshold':>36}")
     for r, m in rules.items():

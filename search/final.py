@@ -154,8 +154,7 @@ def best_trial(trials: list[dict[str, Any]]) -> dict[str, Any] | None:
     of the best configuration (``benchmarks/searchers.py``, PERFORMANCE.md). When no trial ran
     the whole budget, the highest objective at any epoch (then fewer epochs, then earlier).
     """
-    full = [t for t in trials
-            if t.get("status") == "completed" and t.get("last_objective") is not None]
+    full = [t for t in trials if _ran_full_budget(t)]
     if full:
         return max(full, key=lambda t: (t["last_objective"], -t["number"]))
     scored = [t for t in trials if t.get("best_objective") is not None]
@@ -165,18 +164,19 @@ def best_trial(trials: list[dict[str, Any]]) -> dict[str, Any] | None:
                                       -t["number"]))
 
 
+def _ran_full_budget(trial: dict[str, Any]) -> bool:
+    """Whether ``trial`` ran the whole epoch budget and scored its last epoch."""
+    return trial.get("status") == "completed" and trial.get("last_objective") is not None
+
+
 def selected_epoch(trial: dict[str, Any]) -> int:
     """The epoch at which :func:`best_trial` judged ``trial``: its last for a full-budget run."""
-    if trial.get("status") == "completed" and trial.get("last_objective") is not None:
-        return int(trial["epochs_run"])
-    return int(trial["best_epoch"])
+    return int(trial["epochs_run"] if _ran_full_budget(trial) else trial["best_epoch"])
 
 
 def selected_score(trial: dict[str, Any]) -> float | None:
     """The held-out score :func:`best_trial` judged ``trial`` by (at :func:`selected_epoch`)."""
-    if trial.get("status") == "completed" and trial.get("last_objective") is not None:
-        return trial.get("last_score")
-    return trial.get("best_score")
+    return trial.get("last_score" if _ran_full_budget(trial) else "best_score")
 
 
 def plan_members(trial: dict[str, Any], settings: SearchSettings, folds: list[int], *,

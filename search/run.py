@@ -113,7 +113,7 @@ def collect_trials(results: Any, max_t: int) -> list[dict[str, Any]]:
             "error": _short_error(r.error) if r.error else None, "history": history,
             "best_score": best[0], "best_epoch": best[1], "epochs_run": epochs,
             "best_objective": top[0] if top else None,
-            "last_objective": _clean(last.get(METRIC)), "last_score": _clean(last.get(SCORE)),
+            "last_objective": last.get(METRIC), "last_score": last.get(SCORE),
             "node_id": last.get("node_id"), "pid": last.get("pid"),
             "nodes": list(dict.fromkeys(h["node_id"] for h in history if h.get("node_id"))),
             "resumed_from_epoch": max((h.get("resumed_from_epoch") or 0 for h in history),
