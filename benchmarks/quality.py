@@ -55,6 +55,7 @@ class Variant:
     crop: str  # window | cell | none
     lr_schedule: str  # cosine | constant
     ema: bool
+    overrides: tuple[tuple[str, Any], ...] = ()  # more TrainConfig fields (patient shift)
 
 
 VARIANTS = {
@@ -63,6 +64,13 @@ VARIANTS = {
     "none": Variant("none", "cosine", False),
     "window-constant": Variant("window", "constant", False),
     "window-ema": Variant("window", "cosine", True),
+    # against patient shift (issue: a classifier that holds on patients it never saw)
+    "stain": Variant("window", "cosine", False, (("stain_jitter", 0.1), ("grayscale", 0.2))),
+    "foreground": Variant("window", "cosine", False, (("normalize", "foreground"),)),
+    "patients": Variant("window", "cosine", False, (("patient_balance", True),)),
+    "groupnorm": Variant("window", "cosine", False, (("backbone", "small_cnn_gn"),)),
+    "mixup": Variant("window", "cosine", False, (("mixup", 0.4),)),
+    "no-augment": Variant("window", "cosine", False, (("augment", False),)),
 }
 
 
@@ -150,7 +158,8 @@ def train_config(variant: Variant, seed: int, epochs: int, size: int) -> Any:
     return TrainConfig(backbone="small_cnn", image_size=size, batch_size=32, epochs=epochs,
                        learning_rate=1e-3, optimizer="adamw", weight_decay=1e-4,
                        lr_schedule=variant.lr_schedule, ema=variant.ema, class_weight="balanced",
-                       augment=True, augment_strength=0.5, seed=seed)
+                       augment=True, augment_strength=0.5, seed=seed
+                       ).override(dict(variant.overrides))
 
 
 def run_fold(config: Any, train: Any, held: Any, external: Any) -> dict[str, Any]:
@@ -165,17 +174,37 @@ def run_fold(config: Any, train: Any, held: Any, external: Any) -> dict[str, Any
             p = predict_proba(model, both, tta=tta)
             out[f"held{key}"], out[f"external{key}"] = p[:len(held)], p[len(held):]
 
-    def last_epoch(epoch: int, row: dict[str, Any], model: Any) -> None:
+    out["epochs_held"], out["epochs_external"] = [], []
+
+    def every_epoch(epoch: int, row: dict[str, Any], model: Any) -> None:
+        # per-epoch scores of both sets (no TTA): how long to train, judged on new patients
+        p = predict_proba(model, np.concatenate([held.images, external.images]))
+        out["epochs_held"].append(np.round(p[:len(held)], 4).tolist())
+        out["epochs_external"].append(np.round(p[len(held):], 4).tolist())
         if epoch == config.epochs:
             score(model)
+            out["features"] = _features(model, external.images)
 
-    result = fit(config, (train, held), callbacks=[last_epoch])
+    result = fit(config, (train, held), callbacks=[every_epoch])
     if "held" not in out:  # stopped early (non-finite loss): score what there is
         score(result.model)
+        out["features"] = _features(result.model, external.images)
     out["status"] = result.status
     out["curve"] = [(h.get("val_roc_auc"), h.get("val_weighted_f1")) for h in result.history]
     out["train_seconds"] = sum(h.get("train_seconds", 0.0) for h in result.history)
     return out
+
+
+def _features(model: Any, images: np.ndarray) -> list[list[float]]:
+    """The model's pooled penultimate features of ``images`` (neighbour correction)."""
+    import keras
+
+    from leukemia.pipeline import make_dataset
+
+    sub = keras.Model(model.input, model.get_layer("pool").output)
+    ds = make_dataset(images, np.zeros(len(images)), image_size=int(model.input_shape[1]),
+                      batch_size=64, training=False).map(lambda x, _: x)
+    return np.round(np.asarray(sub.predict(ds, verbose=0)), 4).tolist()
 
 
 def swing(values: list[float | None]) -> float | None:
@@ -220,6 +249,9 @@ def summarise(fold: Any, external: Any, runs: list[dict[str, Any]], order: np.nd
     # the predictions themselves (cell order of the stores), to re-analyse without retraining
     out["predictions"] = {k: [np.round(r[k], 4).tolist() for r in runs]
                           for k in ("held", "held_tta", "external", "external_tta")}
+    out["epoch_predictions"] = {"held": [r["epochs_held"] for r in runs],
+                                "external": [r["epochs_external"] for r in runs]}
+    out["features"] = [r.get("features") for r in runs]
     out["status"] = [r["status"] for r in runs]
     out["train_seconds"] = round(sum(r["train_seconds"] for r in runs), 1)
     return out
@@ -386,6 +418,174 @@ def report(results: dict[str, list[dict[str, Any]]]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Transfer to new patients: decision rules, training length, transductive and per-patient calls
+
+RULE_NAMES = ("0.5", "oof", "oof-patients", "prior", "em")
+MIN_CELLS_PER_PATIENT_CALL = 1  # the external patients hold ~3 cells each in the sample
+
+
+def patient_weighted_threshold(y: np.ndarray, p: np.ndarray, pid: np.ndarray) -> float:
+    """The wF1-maximising threshold when every patient weighs the same (cells weigh 1/n)."""
+    from sklearn.metrics import f1_score
+
+    _, inv, counts = np.unique(pid, return_inverse=True, return_counts=True)
+    w = 1.0 / counts[inv]
+    cands = np.unique(np.concatenate([[0.5], (np.unique(p)[1:] + np.unique(p)[:-1]) / 2]))
+    scores = [f1_score(y, (p >= t).astype(int), average="weighted", sample_weight=w,
+                       zero_division=0) for t in cands]
+    best = max(scores)
+    ties = cands[np.isclose(scores, best, atol=1e-12)]
+    return float(ties[np.argmin(np.abs(ties - 0.5))])
+
+
+def rule_for(name: str, y: np.ndarray, p: np.ndarray, pid: np.ndarray, prior: float) -> Any:
+    """A ``leukemia.rules.Rule`` fitted on labelled held-out predictions ``(y, p)``."""
+    from leukemia import metrics as M
+    from leukemia.rules import Rule
+
+    if name == "0.5":
+        return Rule("threshold", threshold=0.5)
+    if name == "oof":
+        return Rule("threshold", threshold=float(M.best_threshold(y, p)))
+    if name == "oof-patients":
+        return Rule("threshold", threshold=patient_weighted_threshold(y, p, pid))
+    if name == "prior":
+        return Rule("prior", prior=prior, min_batch=1)
+    return Rule("em", train_prior=0.5, min_batch=1)  # balanced class weights: posteriors at 0.5
+
+
+def _scores(y: np.ndarray, p: np.ndarray, calls: np.ndarray) -> dict[str, float]:
+    from leukemia import metrics as M
+
+    return {"wf1": M.weighted_f1(y, calls), "sens": float(calls[y == 1].mean()),
+            "spec": float(1 - calls[y == 0].mean()), "auc": M.roc_auc(y, p)}
+
+
+def transfer(row: dict[str, Any], fold: Any, external: Any) -> dict[str, Any]:
+    """Everything about one (variant, seed) on new patients, from its stored predictions."""
+    from leukemia import metrics as M
+    from leukemia.evaluate import neighbour_correction
+    from leukemia.rules import decide
+
+    order = np.full(len(fold), -1)
+    for g, members in enumerate(row["groups"]):
+        order[np.isin(fold.patient_ids, members)] = g
+    pred = row["predictions"]
+    oof = np.empty(len(fold))
+    for g in range(len(row["groups"])):
+        oof[order == g] = pred["held_tta"][g]
+    ext = np.mean(np.array(pred["external_tta"]), axis=0)  # the exported ensemble, TTA on
+    y, pid, ye = fold.labels, fold.patient_ids, external.labels
+    prior = float(y.mean())
+    out: dict[str, Any] = {"oof_auc": M.roc_auc(y, oof), "ext_auc": M.roc_auc(ye, ext),
+                           "rules": {}, "loo_rules": {}}
+    for name in RULE_NAMES:
+        rule = rule_for(name, y, oof, pid, prior)
+        d = decide(ext, rule)
+        out["rules"][name] = {**_scores(ye, ext, d.classes), "cut": d.cut}
+        # leave one normal patient out on the dev set: the rule fitted on two groups' OOF
+        # predictions decides the third group's cells
+        calls = np.empty(len(fold), dtype=int)
+        for g in range(len(row["groups"])):
+            inner = order != g
+            r = rule_for(name, y[inner], oof[inner], pid[inner], float(y[inner].mean()))
+            calls[order == g] = decide(oof[order == g], r).classes
+        out["loo_rules"][name] = _scores(y, oof, calls)
+    # training length: the ensemble's external AUC after each epoch (no TTA), and with each
+    # fold model stopped at its held-out group's best-AUC epoch
+    ep_ext = np.array(row["epoch_predictions"]["external"])  # (fold, epoch, cell)
+    ep_held = row["epoch_predictions"]["held"]
+    out["ext_auc_by_epoch"] = [M.roc_auc(ye, ep_ext[:, e].mean(axis=0))
+                               for e in range(ep_ext.shape[1])]
+    out["oof_auc_by_epoch"] = []
+    for e in range(ep_ext.shape[1]):
+        o = np.empty(len(fold))
+        for g in range(len(row["groups"])):
+            o[order == g] = ep_held[g][e]
+        out["oof_auc_by_epoch"].append(M.roc_auc(y, o))
+    stop = [int(np.argmax([M.roc_auc(y[order == g], np.array(ep_held[g][e]))
+                           for e in range(ep_ext.shape[1])])) for g in range(len(ep_held))]
+    early = np.mean([ep_ext[g, e] for g, e in enumerate(stop)], axis=0)
+    out["early_stop_epochs"] = [e + 1 for e in stop]
+    out["early_stop_ext_auc"] = M.roc_auc(ye, early)
+    # transductive: Pan et al.'s neighbour correction over the external batch (7 neighbours)
+    feats = row.get("features")
+    if feats and all(f is not None for f in feats):
+        f = np.concatenate([np.asarray(x, dtype=float) for x in feats], axis=1)
+        corrected = neighbour_correction(ext, f, 7)
+        out["neighbours"] = _scores(ye, corrected, (corrected >= 0.5).astype(int))
+    # per-patient call: a patient is ALL when most of its cells are called ALL at 0.5
+    pe = external.patient_ids
+    names = sorted(set(pe.tolist()))
+    truth = np.array([ye[pe == n][0] for n in names])
+    call = np.array([(ext[pe == n] >= 0.5).mean() >= 0.5 for n in names]).astype(int)
+    out["patients"] = {"n": len(names), "accuracy": float((truth == call).mean()),
+                       "sens": float(call[truth == 1].mean()),
+                       "spec": float(1 - call[truth == 0].mean())}
+    return out
+
+
+def transfer_report(results: dict[str, list[dict[str, Any]]], fold: Any, external: Any) -> str:
+    """Markdown tables: rules on the external patients, leave-one-normal-patient-out, training
+    length, transductive and per-patient calls; mean (min-max) over seeds."""
+    t = {name: [transfer(r, fold, external) for r in rows] for name, rows in results.items()}
+    out = [f"\nExternal patients ({len(external)} cells, "
+           f"{len(set(external.patient_ids.tolist()))} patients, "
+           f"{external.labels.mean():.0%} ALL), the exported ensemble (TTA), per decision rule "
+           "(wF1 / sensitivity / specificity; mean (min–max) over seeds):\n"]
+    rows = []
+    for name, ts in t.items():
+        cells = [f"{name} ({len(ts)})", _spread([x["oof_auc"] for x in ts]),
+                 _spread([x["ext_auc"] for x in ts])]
+        for rn in RULE_NAMES:
+            cells.append(f"{_spread([x['rules'][rn]['wf1'] for x in ts])} / "
+                         f"{_mean([x['rules'][rn]['sens'] for x in ts]):.2f} / "
+                         f"{_mean([x['rules'][rn]['spec'] for x in ts]):.2f}")
+        rows.append("| " + " | ".join(cells) + " |")
+    out.append(table(rows, ["variant (seeds)", "OOF AUC", "ext AUC"]
+                     + [f"ext @{n}" for n in RULE_NAMES]))
+    out.append("\nThe same rules fitted on two dev groups' OOF predictions, deciding the third "
+               "group (leave one normal patient out; wF1 / sens / spec):\n")
+    rows = []
+    for name, ts in t.items():
+        cells = [name] + [f"{_spread([x['loo_rules'][rn]['wf1'] for x in ts])} / "
+                          f"{_mean([x['loo_rules'][rn]['sens'] for x in ts]):.2f} / "
+                          f"{_mean([x['loo_rules'][rn]['spec'] for x in ts]):.2f}"
+                          for rn in RULE_NAMES]
+        rows.append("| " + " | ".join(cells) + " |")
+    out.append(table(rows, ["variant"] + [f"dev LOO @{n}" for n in RULE_NAMES]))
+    out.append("\nTraining length: ensemble AUC after each epoch (no TTA), external / OOF, and "
+               "each fold model stopped at its held-out group's best epoch:\n")
+    rows = []
+    n_ep = max(len(x["ext_auc_by_epoch"]) for ts in t.values() for x in ts)
+    for name, ts in t.items():
+        cells = [name]
+        for e in range(n_ep):
+            cells.append(f"{_mean([x['ext_auc_by_epoch'][e] for x in ts]):.3f} / "
+                         f"{_mean([x['oof_auc_by_epoch'][e] for x in ts]):.3f}")
+        cells.append(f"{_spread([x['early_stop_ext_auc'] for x in ts])} "
+                     f"(epochs {', '.join(str(x['early_stop_epochs']) for x in ts)})")
+        rows.append("| " + " | ".join(cells) + " |")
+    out.append(table(rows, ["variant"] + [f"epoch {e + 1}" for e in range(n_ep)]
+                     + ["early-stopped ext AUC"]))
+    out.append("\nTransductive and per-patient (reported beside the per-cell numbers, never "
+               "instead): neighbour correction (K=7, 3 rounds, over the external batch) at 0.5, "
+               "and the per-patient call (ALL when >= half the cells are ALL at 0.5):\n")
+    rows = []
+    for name, ts in t.items():
+        nb = [x["neighbours"] for x in ts if "neighbours" in x]
+        rows.append(f"| {name} | {_spread([x['auc'] for x in nb])} | "
+                    f"{_spread([x['wf1'] for x in nb])} | "
+                    f"{_mean([x['spec'] for x in nb]):.2f} | "
+                    f"{_spread([x['patients']['accuracy'] for x in ts])} | "
+                    f"{_mean([x['patients']['sens'] for x in ts]):.2f} / "
+                    f"{_mean([x['patients']['spec'] for x in ts]):.2f} |")
+    out.append(table(rows, ["variant", "neighbours AUC", "neighbours wF1@0.5",
+                            "neighbours spec", "patient-call accuracy", "patient sens / spec"]))
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -446,7 +646,11 @@ def main(argv: list[str] | None = None) -> None:
           f"external: {first['n_external']} cells of {first['n_external_patients']} patients "
           f"({first['dropped_same_pixels']} dropped: same pixels as a fold_{HELD_OUT_FOLD} cell)"
           f"\n")
-    print(report(results))
+    if all("epoch_predictions" in r for rows in results.values() for r in rows):
+        fold, external, _ = load_cells(folders, args.image_size, VARIANTS[names[0]].crop,
+                                       args.window)
+        print(transfer_report(results, fold, external) + "\n")
+    print(report(results))  # its last line names the best variant
     if tmp is not None:
         tmp.cleanup()
 

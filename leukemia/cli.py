@@ -4,8 +4,9 @@
     leukemia ingest DATA_DIR --store STORE [--size 224] [--crop window|cell|none] [--window 320]
     leukemia describe STORE [--json]
     leukemia train --store STORE --out DIR [--set key=value ...]
-    leukemia evaluate MODEL --store STORE [--split validation]
-    leukemia predict MODEL IMAGE_OR_DIR... [--csv FILE] [--threshold T]
+    leukemia evaluate MODEL --store STORE [--split validation] [--rule R] [--threshold T]
+    leukemia predict MODEL IMAGE_OR_DIR... [--csv FILE] [--rule threshold|prior|em]
+        [--threshold T] [--neighbours K] [--patient-per-folder] [--patients-csv FILE]
 
 Run ``leukemia <command> --help`` for the options of each.
 """
@@ -17,6 +18,10 @@ import json
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from leukemia.evaluate import BatchPrediction
 
 log = logging.getLogger("leukemia")
 
@@ -65,40 +70,73 @@ def _evaluate(args: argparse.Namespace) -> int:
     from leukemia.evaluate import evaluate_model
 
     metrics = evaluate_model(args.model, args.store, split=args.split, folds=args.folds,
-                             out=args.out, threshold=args.threshold)
+                             out=args.out, threshold=args.threshold, rule=args.rule)
     print(json.dumps(metrics, indent=2))
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from leukemia.evaluate import patient_summary, predict_files
-    from leukemia.models import load_model, model_spec
+    from leukemia.evaluate import (
+        PATIENT_CALL_SHARE,
+        image_files,
+        model_rule,
+        patient_of,
+        patient_summary,
+        predict_batch,
+    )
+    from leukemia.models import load_model
     from leukemia.train import atomic_write
 
+    if args.patients_csv and not any(patient_of(f, per_folder=args.patient_per_folder)
+                                     for f in image_files(args.inputs)):
+        raise ValueError(f"--patients-csv {args.patients_csv}: no input names a patient; name "
+                         "files UID_<patient>_... or give --patient-per-folder")
     model = load_model(args.model)
-    threshold = model_spec(model)["threshold"] if args.threshold is None else args.threshold
-    rows = []
-    for path, prob in predict_files(model, args.inputs,
-                                    crop="none" if args.no_crop else args.crop):
-        rows.append((path, prob))
-        cls = "ALL" if prob >= threshold else "normal"
-        print(f"{path}\t{prob:.4f}\t{cls}")
+    rule = model_rule(model, args.rule, args.threshold)
+    batch = predict_batch(model, args.inputs, rule, neighbours=args.neighbours,
+                          crop="none" if args.no_crop else args.crop)
+    d, corrected = batch.decision, batch.p_neighbours
+    classes = ["ALL" if c else "normal" for c in d.classes]
+    for i, path in enumerate(batch.paths):
+        extra = "" if corrected is None else f"\t{corrected[i]:.4f}"
+        print(f"{path}\t{batch.p_all[i]:.4f}\t{classes[i]}{extra}")
     if args.csv:
-        lines = ["path,p_all,class"] + [
-            f"{_csv_field(str(p))},{q:.6f},{'ALL' if q >= threshold else 'normal'}"
-            for p, q in rows]
-        atomic_write(args.csv, "\n".join(lines) + "\n")
-    patients = patient_summary(rows, threshold)
+        atomic_write(args.csv, _predictions_csv(batch))
+    patients = patient_summary(batch.paths, batch.p_all, d.classes,
+                               per_folder=args.patient_per_folder)
     if patients:
-        print(f"\nper patient (threshold {threshold:.3f}):\npatient\tcells\tmean P(ALL)\t"
-              "share called ALL", file=sys.stderr)
+        print(f"\nper-patient call (ALL where >= {PATIENT_CALL_SHARE:.0%} of the patient's cells "
+              f"are called ALL; cells: {d.note}):\npatient\tcells\tmean P(ALL)\t"
+              "share called ALL\tpatient call", file=sys.stderr)
         for r in patients:
             print(f"{r['patient_id']}\t{r['cells']}\t{r['mean_p_all']:.4f}\t"
-                  f"{r['share_all']:.3f}", file=sys.stderr)
-    print(f"{len(rows)} image(s); class = ALL where P(ALL) >= {threshold:.3f} "
-          f"({'--threshold' if args.threshold is not None else 'stored in the model'})"
-          + (f"; wrote {args.csv}" if args.csv else ""), file=sys.stderr)
+                  f"{r['share_all']:.3f}\t{r['call']}", file=sys.stderr)
+    if args.patients_csv:
+        atomic_write(args.patients_csv, "\n".join(
+            ["patient_id,cells,mean_p_all,share_all,call"]
+            + [f"{_csv_field(r['patient_id'])},{r['cells']},{r['mean_p_all']:.6f},"
+               f"{r['share_all']:.6f},{r['call']}" for r in patients]) + "\n")
+    source = ("--rule" if args.rule else "--threshold" if args.threshold is not None
+              else "stored in the model")
+    corrected_by = "" if corrected is None else (
+        f"neighbour-corrected (transductive, K={batch.neighbours}); ")
+    wrote = [f for f in (args.csv, args.patients_csv) if f]
+    print(f"{len(batch.paths)} image(s); {corrected_by}class = ALL where "
+          f"{'corrected ' if corrected_by else ''}P(ALL) >= {d.cut:.3f}; decided by rule "
+          f"{rule.name} ({source}): {d.note}"
+          + (f"; wrote {', '.join(wrote)}" if wrote else ""), file=sys.stderr)
     return 0
+
+
+def _predictions_csv(batch: BatchPrediction) -> str:
+    """The CSV of a prediction: path,p_all,class,rule[,p_all_neighbours]."""
+    d, corrected = batch.decision, batch.p_neighbours
+    lines = ["path,p_all,class,rule" + ("" if corrected is None else ",p_all_neighbours")]
+    for i, path in enumerate(batch.paths):
+        lines.append(f"{_csv_field(str(path))},{batch.p_all[i]:.6f},"
+                     f"{'ALL' if d.classes[i] else 'normal'},{d.rule}"
+                     + ("" if corrected is None else f",{corrected[i]:.6f}"))
+    return "\n".join(lines) + "\n"
 
 
 def _csv_field(text: str) -> str:
@@ -107,6 +145,8 @@ def _csv_field(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``leukemia`` command."""
+    from leukemia.rules import RULES
+
     p = argparse.ArgumentParser(prog="leukemia", description=__doc__.split("\n")[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
@@ -154,17 +194,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--folds", type=int, nargs="*", default=None, help="training folds")
     s.add_argument("--out", default=None,
                    help="metrics JSON path (default: metrics-<split>.json beside the model)")
+    s.add_argument("--rule", choices=RULES, default=None,
+                   help="decision rule over the whole selection, keeping the parameters stored "
+                   "in the model (default: the stored rule)")
     s.add_argument("--threshold", type=float, default=None,
-                   help="decision threshold (default: the one stored in the model)")
+                   help="the rule's threshold (alone: the threshold rule at T; default: the one "
+                   "stored in the model)")
     s.set_defaults(func=_evaluate)
 
     s = sub.add_parser("predict", help="probability of ALL for image files")
     s.add_argument("model", help="a .keras file")
     s.add_argument("inputs", nargs="+", help="image files or folders")
+    s.add_argument("--rule", choices=RULES, default=None,
+                   help="decision rule over all the images of this command, keeping the "
+                   "parameters stored in the model: threshold (per cell), prior (the training "
+                   "share of ALL cells called ALL) or em (prior re-estimated by EM); the "
+                   "transductive ones fall back to the threshold on a small batch (default: the "
+                   "rule stored in the model)")
     s.add_argument("--threshold", type=float, default=None,
-                   help="P(ALL) at or above which a cell is called ALL (default: the threshold "
-                   "stored in the model, chosen on held-out patients; 0.5 if it has none)")
-    s.add_argument("--csv", help="also write path,p_all,class rows to this CSV file")
+                   help="P(ALL) at or above which a cell is called ALL: the threshold rule at T "
+                   "(with --rule prior|em: their fallback) (default: stored in the model, chosen "
+                   "on held-out patients; 0.5 if it has none)")
+    s.add_argument("--neighbours", type=int, default=0, metavar="K",
+                   help="neighbour correction (transductive, Pan et al. 2019): blend each "
+                   "cell's P(ALL) with the mean of its K nearest cells in the model's features, "
+                   "and decide classes on that (a p_all_neighbours column; default 0: off)")
+    s.add_argument("--csv", help="also write path,p_all,class,rule rows to this CSV file")
+    s.add_argument("--patient-per-folder", action="store_true",
+                   help="each image's folder name is its patient id (default: UID_<patient>_ "
+                   "file names)")
+    s.add_argument("--patients-csv", metavar="FILE",
+                   help="write the per-patient call (patient_id,cells,mean_p_all,share_all,call)")
     s.add_argument("--crop", choices=["window", "cell", "none"], default=None,
                    help="override the crop stored in the model (models saved before crops were "
                    "stored: the crop of the store they were trained on)")

@@ -17,6 +17,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
 WEIGHTS = ("none", "imagenet")
 CLASS_WEIGHTS = ("none", "balanced", "sqrt")  # sqrt: square root of the balanced weights
+NORMALIZE = ("none", "foreground")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,17 @@ class TrainConfig:
     augment: bool = True  # flips, 90-degree rotations, zoom/shift, stain jitter (training only)
     augment_strength: float = 0.5  # 0..1: scales zoom, shift and colour jitter ranges
     class_weight: str = "balanced"  # none | balanced (inverse class frequency) | sqrt
+    # Against patient shift (each C-NMC patient has one label, so a network can learn patients):
+    # stain jitter in haematoxylin-eosin-DAB optical density, foreground only (Tellez et al.
+    # 2019): each stain's density scaled by 1 +- s and shifted by +- s per image; 0: off
+    stain_jitter: float = 0.0
+    grayscale: float = 0.0  # probability of turning a training image grey (colour-blind cue)
+    mixup: float = 0.0  # MixUp Beta(a, a) concentration on training batches; 0: off
+    # foreground: each cell's pixels standardised per channel (mean, std over the cell, black
+    # background kept black) by a layer inside the model, so stain and brightness of a
+    # patient's slide cannot be learned; none: raw pixels
+    normalize: str = "none"
+    patient_balance: bool = False  # sample weights giving every training patient equal weight
     freeze_epochs: int = 0  # pretrained only: epochs training the head on a frozen backbone
     label_smoothing: float = 0.0  # binary cross-entropy label smoothing, 0..0.5
     val_fold: int | None = 0  # training fold held out for validation; None: train on all
@@ -69,6 +81,10 @@ class TrainConfig:
             ("dropout", 0 <= self.dropout < 1, "in [0, 1)"),
             ("augment_strength", 0 <= self.augment_strength <= 1, "in [0, 1]"),
             ("class_weight", self.class_weight in CLASS_WEIGHTS, f"one of {CLASS_WEIGHTS}"),
+            ("stain_jitter", 0 <= self.stain_jitter <= 1, "in [0, 1]"),
+            ("grayscale", 0 <= self.grayscale <= 1, "a probability in [0, 1]"),
+            ("mixup", 0 <= self.mixup <= 10, "in [0, 10]"),
+            ("normalize", self.normalize in NORMALIZE, f"one of {NORMALIZE}"),
             ("freeze_epochs", 0 <= self.freeze_epochs < self.epochs,
              f"in [0, epochs={self.epochs})"),
             ("label_smoothing", 0 <= self.label_smoothing <= 0.5, "in [0, 0.5]"),

@@ -1,14 +1,19 @@
 """Score a saved model on a store selection, and predict image files.
 
-    leukemia evaluate runs/x/model.keras --store STORE [--split validation]
-    leukemia predict runs/x/model.keras cell1.bmp cells/
+    leukemia evaluate runs/x/model.keras --store STORE [--split validation] [--rule prior]
+    leukemia predict runs/x/model.keras cell1.bmp cells/ [--neighbours 5] [--patients-csv F]
+
+Classes come from the decision rule stored in the model (``leukemia.rules``), decided over
+everything scored together: the selection for ``evaluate``, all inputs of one ``predict``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,35 +21,75 @@ import numpy as np
 
 from leukemia import metrics as M
 from leukemia.dataset import IMAGE_SUFFIXES, VALIDATION, parse_name
+from leukemia.rules import Decision, Rule, decide
 from leukemia.store import Selection, Store, decode_image
 from leukemia.train import atomic_write, predict_proba
 
 log = logging.getLogger(__name__)
 
+NEIGHBOUR_ROUNDS = 3  # blends of each cell with its neighbours' mean (Pan et al., C-NMC 2019)
+# A patient is called ALL when at least this share of its cells is called ALL: a plain majority
+# of the cells, not tuned on any data.
+PATIENT_CALL_SHARE = 0.5
 
-def score(model: Any, sel: Selection, *, seed: int = 0,
-          threshold: float | None = None) -> tuple[dict[str, Any], np.ndarray]:
-    """C-NMC metrics of ``model`` on ``sel`` (at its stored threshold unless given) and its
-    probabilities."""
+
+def model_rule(model: Any, name: str | None = None, threshold: float | None = None) -> Rule:
+    """The decision rule stored in ``model``, with overrides.
+
+    Args:
+        name: another rule (``leukemia.rules.RULES``), keeping the stored parameters.
+        threshold: the rule's threshold (its cut, or a transductive rule's fallback); given
+            without ``name``, the rule becomes ``threshold`` at this value.
+
+    Raises:
+        ValueError: an unknown rule name or a threshold outside [0, 1].
+    """
     from leukemia.models import model_spec
 
-    t = model_spec(model)["threshold"] if threshold is None else threshold
+    spec = model_spec(model)
+    rule = Rule.from_dict({"threshold": spec["threshold"], **spec["rule"]})
+    if name is None and threshold is not None:
+        name = "threshold"
+    changes: dict[str, Any] = {}
+    if name is not None:
+        changes["name"] = name
+    if threshold is not None:
+        changes["threshold"] = float(threshold)
+    return dataclasses.replace(rule, **changes) if changes else rule
+
+
+def score(model: Any, sel: Selection, *, seed: int = 0, threshold: float | None = None,
+          rule: str | None = None) -> tuple[dict[str, Any], np.ndarray]:
+    """C-NMC metrics of ``model`` on ``sel`` and its probabilities.
+
+    Classes are decided over the whole selection by the model's rule (see :func:`model_rule`
+    for ``rule`` and ``threshold``), and the metrics are computed at the decision's cut, with
+    ``rule`` (the Rule as a dict) and ``decided_by`` (what decided, in words) added.
+    """
+    r = model_rule(model, rule, threshold)
     p = predict_proba(model, sel.images)
-    return M.binary_metrics(sel.labels, p, sel.patient_ids, seed=seed, threshold=t), p
+    decision = decide(p, r)
+    metrics = M.binary_metrics(sel.labels, p, sel.patient_ids, seed=seed, threshold=decision.cut)
+    return {**metrics, "rule": r.to_dict(), "decided_by": decision.note}, p
 
 
 def evaluate_model(model_path: str | Path, store: Store | str, *, split: str = VALIDATION,
                    folds: Sequence[int] | None = None, out: str | Path | None = None,
-                   threshold: float | None = None) -> dict[str, Any]:
-    """Evaluate a ``.keras`` model at its stored threshold (and at 0.5); write the metrics as
-    JSON (default: ``metrics-<split>.json`` beside the model, so training's ``metrics.json`` is
-    kept).
+                   threshold: float | None = None, rule: str | None = None) -> dict[str, Any]:
+    """Evaluate a ``.keras`` model under its stored decision rule (and at 0.5); write the
+    metrics as JSON (default: ``metrics-<split>.json`` beside the model, so training's
+    ``metrics.json`` is kept).
+
+    Args:
+        threshold, rule: override the stored rule (see :func:`model_rule`).
 
     Returns:
-        The metrics (keys of :func:`leukemia.metrics.binary_metrics`, plus ``at_0.5``).
+        The metrics (keys of :func:`leukemia.metrics.binary_metrics` at the decision's cut,
+        plus ``rule``, ``decided_by`` and ``at_0.5``).
 
     Raises:
-        FileNotFoundError, ValueError: the model file is missing or unreadable (named).
+        FileNotFoundError, ValueError: the model file is missing or unreadable (named), or an
+            override is invalid.
     """
     from leukemia.models import load_model, model_spec
 
@@ -53,7 +98,7 @@ def evaluate_model(model_path: str | Path, store: Store | str, *, split: str = V
     spec = model_spec(model)
     crop = store.crop
     sel = store.load(split, folds)
-    metrics, p = score(model, sel, threshold=threshold)
+    metrics, p = score(model, sel, threshold=threshold, rule=rule)
     at_half = M.binary_metrics(sel.labels, p, sel.patient_ids, threshold=0.5)
     metrics = {**metrics, "at_0.5": at_half, "split": split, "store": store.uri,
                "store_crop": list(crop), "model_crop": [spec["crop"], spec["window"]]}
@@ -66,7 +111,16 @@ def evaluate_model(model_path: str | Path, store: Store | str, *, split: str = V
     return metrics
 
 
-def _expand(inputs: Sequence[str | Path]) -> list[Path]:
+# ---------------------------------------------------------------------------------------------
+# predict: image files
+
+
+def image_files(inputs: Sequence[str | Path]) -> list[Path]:
+    """The image files of ``inputs`` (files, or folders searched recursively), in order.
+
+    Raises:
+        FileNotFoundError: an input is missing, or there are no image files at all.
+    """
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
@@ -78,6 +132,27 @@ def _expand(inputs: Sequence[str | Path]) -> list[Path]:
     if not files:
         raise FileNotFoundError(f"no image files in {', '.join(map(str, inputs))}")
     return files
+
+
+def _prepared(model: Any, files: list[Path], crop: str | None, batch_size: int
+              ) -> Iterator[tuple[list[Path], np.ndarray]]:
+    """Chunks of ``files`` and their pixels, prepared as the model's training images were."""
+    from leukemia.models import model_spec
+
+    spec = model_spec(model)
+    mode, window = spec["crop"], spec["window"]
+    if crop is not None and crop != mode:
+        mode, window = crop, None  # None: the default window
+    size = int(model.input_shape[1])
+    for start in range(0, len(files), batch_size):
+        chunk = files[start:start + batch_size]
+        batch = []
+        for f in chunk:
+            try:
+                batch.append(decode_image(str(f), size, mode, window=window)[0])
+            except ValueError as e:
+                raise ValueError(f"{f}: {e}") from e
+        yield chunk, np.stack(batch)
 
 
 def predict_files(model: str | Path | Any, inputs: Sequence[str | Path], *,
@@ -93,39 +168,166 @@ def predict_files(model: str | Path | Any, inputs: Sequence[str | Path], *,
         FileNotFoundError: the model or an input is missing.
         ValueError: the model or an image cannot be read (the file is named).
     """
-    from leukemia.models import load_model, model_spec
+    from leukemia.models import load_model
 
     if isinstance(model, (str, Path)):
         model = load_model(str(model))
-    spec = model_spec(model)
-    mode, window = spec["crop"], spec["window"]
-    if crop is not None and crop != mode:
-        mode, window = crop, None  # None: the default window
+    for chunk, pixels in _prepared(model, image_files(inputs), crop, batch_size):
+        yield from zip(chunk, map(float, predict_proba(model, pixels)))
+
+
+@dataclass(frozen=True)
+class BatchPrediction:
+    """The cells of one ``predict`` command, scored and decided together."""
+
+    paths: list[Path]
+    p_all: np.ndarray  # each cell's P(ALL), from the model alone
+    p_neighbours: np.ndarray | None  # neighbour-corrected P(ALL); None without the correction
+    decision: Decision  # decided on p_neighbours where given, else on p_all
+    neighbours: int  # K of the neighbour correction (0: off)
+
+
+def predict_batch(model: Any, inputs: Sequence[str | Path], rule: Rule, *,
+                  crop: str | None = None, neighbours: int = 0, batch_size: int = 64,
+                  ) -> BatchPrediction:
+    """Score every image of ``inputs`` and decide their classes together under ``rule``.
+
+    Args:
+        model: a loaded model.
+        neighbours: K of :func:`neighbour_correction` (0: off): the classes are then decided
+            on the corrected scores.
+
+    Raises:
+        FileNotFoundError: an input is missing.
+        ValueError: an image cannot be read (named), fewer than K + 1 images with
+            ``neighbours``, or a model without a ``pool`` layer.
+    """
+    files = image_files(inputs)
+    nets = []
+    if neighbours:
+        _check_neighbours(len(files), neighbours)
+        nets = _feature_nets(model)
     size = int(model.input_shape[1])
-    files = _expand(inputs)
-    for start in range(0, len(files), batch_size):
-        chunk = files[start:start + batch_size]
-        batch = []
-        for f in chunk:
-            try:
-                batch.append(decode_image(str(f), size, mode, window=window)[0])
-            except ValueError as e:
-                raise ValueError(f"{f}: {e}") from e
-        probs = predict_proba(model, np.stack(batch))
-        yield from zip(chunk, map(float, probs))
+    probs, feats = [], []
+    for _, pixels in _prepared(model, files, crop, batch_size):
+        probs.append(predict_proba(model, pixels))
+        if nets:
+            feats.append(_features(nets, pixels, size, batch_size))
+    p = np.concatenate(probs).astype(float)
+    corrected = (neighbour_correction(p, np.concatenate(feats), neighbours)
+                 if neighbours else None)
+    decision = decide(p if corrected is None else corrected, rule)
+    return BatchPrediction(files, p, corrected, decision, neighbours)
 
 
-def patient_summary(rows: Sequence[tuple[Path, float]], threshold: float
+def model_features(model: Any, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Penultimate features of each image: the ``pool`` layer's output of a model from
+    ``create_backbone``, or for an exported ensemble the concatenation over its members
+    (``member_0``, ``member_1``, ...) of theirs, on the image as given (no TTA views).
+
+    Raises:
+        ValueError: the model has neither a ``pool`` layer nor members holding one.
+    """
+    return _features(_feature_nets(model), images, int(model.input_shape[1]), batch_size)
+
+
+def _feature_nets(model: Any) -> list[Any]:
+    """Models from raw pixels to ``pool``'s output: the model's own, or one per member."""
+    import keras
+
+    if "pool" in {layer.name for layer in model.layers}:
+        nets = [model]
+    else:
+        members = [layer for layer in model.layers if layer.name.startswith("member_")
+                   and isinstance(layer, keras.Model)
+                   and "pool" in {sub.name for sub in layer.layers}]
+        nets = sorted(members, key=lambda m: int(m.name.split("_")[1]))
+    if not nets:
+        raise ValueError(f"model {model.name!r} has no 'pool' layer and no member_<i> models "
+                         "holding one: neighbour features need a model built by "
+                         "leukemia.models.create_backbone or exported by export_model")
+    return [keras.Model(net.inputs, net.get_layer("pool").output) for net in nets]
+
+
+def _features(nets: list[Any], images: np.ndarray, size: int, batch_size: int) -> np.ndarray:
+    """The outputs of ``nets`` for ``images`` (resized to ``size``), side by side."""
+    from leukemia.pipeline import make_dataset
+
+    ds = make_dataset(images, np.zeros(len(images)), image_size=size, batch_size=batch_size,
+                      training=False).map(lambda x, _: x)
+    return np.concatenate([np.asarray(net.predict(ds, verbose=0), dtype=np.float64)
+                           for net in nets], axis=1)
+
+
+def _check_neighbours(n: int, k: int) -> None:
+    if k < 1:
+        raise ValueError(f"--neighbours {k}: K must be >= 1")
+    if n < k + 1:
+        raise ValueError(f"--neighbours {k}: the neighbour correction needs at least K + 1 = "
+                         f"{k + 1} cells, and {n} were given; use a smaller K or more cells")
+
+
+def neighbour_correction(p: np.ndarray, features: np.ndarray, k: int,
+                         rounds: int = NEIGHBOUR_ROUNDS) -> np.ndarray:
+    """Pan et al.'s neighbourhood correction (transductive): each cell's P(ALL) is blended
+    with the mean P(ALL) of its ``k`` nearest other cells, ``p <- (p + mean) / 2``, ``rounds``
+    times; neighbours by cosine distance between the L2-normalised ``features``.
+
+    Args:
+        p: (n,) P(ALL) of the cells.
+        features: (n, d) one feature vector per cell (:func:`model_features`).
+        k: neighbours per cell.
+
+    Returns:
+        (n,) the corrected P(ALL); ``p`` is left as it is.
+
+    Raises:
+        ValueError: ``k < 1``, fewer than ``k + 1`` cells, or ``features`` not one row per cell.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    p = np.asarray(p, dtype=float).reshape(-1)
+    f = np.asarray(features, dtype=float)
+    if f.ndim != 2 or len(f) != len(p):
+        raise ValueError(f"neighbour correction: features of shape {f.shape} for {len(p)} "
+                         "cells; expected one row per cell")
+    _check_neighbours(len(p), k)
+    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    # kneighbors() without X leaves each cell out of its own neighbours, even among duplicates
+    idx = NearestNeighbors(n_neighbors=k, metric="cosine").fit(f).kneighbors(
+        return_distance=False)
+    for _ in range(rounds):
+        p = 0.5 * p + 0.5 * p[idx].mean(axis=1)
+    return p
+
+
+def patient_of(path: Path, *, per_folder: bool = False) -> str | None:
+    """The patient of an image: its parent folder's name if ``per_folder``, else the one in a
+    ``UID_<patient>_...`` file name (None when the name carries none)."""
+    if per_folder:
+        return path.parent.name
+    try:
+        return parse_name(path.name)[0]
+    except ValueError:
+        return None
+
+
+def patient_summary(paths: Sequence[Path], p_all: np.ndarray | Sequence[float],
+                    called: np.ndarray | Sequence[int], *, per_folder: bool = False,
                     ) -> list[dict[str, Any]]:
-    """Per patient (from ``UID_<patient>_...`` file names): cells, mean P(ALL), share called
-    ALL. Files without a patient id in their name are left out."""
-    by: dict[str, list[float]] = {}
-    for path, p in rows:
-        try:
-            patient, _ = parse_name(path.name)
-        except ValueError:
-            continue
-        by.setdefault(patient, []).append(p)
-    return [{"patient_id": k, "cells": len(v), "mean_p_all": float(np.mean(v)),
-             "share_all": float(np.mean(np.asarray(v) >= threshold))}
-            for k, v in sorted(by.items())]
+    """Per patient (see :func:`patient_of`): cells, mean P(ALL), share of its cells called ALL
+    (``called``: 0/1 per cell) and the per-patient call, ALL where that share is
+    >= :data:`PATIENT_CALL_SHARE`. Images without a patient are left out."""
+    by: dict[str, list[tuple[float, int]]] = {}
+    for path, p, c in zip(paths, p_all, called):
+        patient = patient_of(path, per_folder=per_folder)
+        if patient is not None:
+            by.setdefault(patient, []).append((float(p), int(c)))
+    rows = []
+    for patient, cells in sorted(by.items()):
+        p, c = np.asarray(cells).T
+        share = float(c.mean())
+        rows.append({"patient_id": patient, "cells": len(cells), "mean_p_all": float(p.mean()),
+                     "share_all": share,
+                     "call": "ALL" if share >= PATIENT_CALL_SHARE else "normal"})
+    return rows

@@ -102,6 +102,48 @@ def _preprocess_layer() -> type:
     return Preprocess
 
 
+def _foreground_layer() -> type:
+    import keras
+
+    @keras.saving.register_keras_serializable(package="leukemia")
+    class ForegroundStandardize(keras.layers.Layer):
+        """Each cell's pixels standardised per channel over the cell (pixels brighter than
+        ``floor`` in some channel), mapped back to 0-255 around 128 with 48 per standard
+        deviation; the black background stays 0. A patient's stain and brightness go; the
+        cell's texture and shape stay."""
+
+        def __init__(self, floor: float = 10.0, **kw: Any) -> None:
+            super().__init__(**kw)
+            self.floor = float(floor)
+
+        def call(self, x: Any) -> Any:
+            from keras import ops
+
+            x = ops.cast(x, "float32")
+            mask = ops.cast(ops.max(x, axis=-1, keepdims=True) > self.floor, "float32")
+            n = ops.maximum(ops.sum(mask, axis=(1, 2), keepdims=True), 1.0)
+            mean = ops.sum(x * mask, axis=(1, 2), keepdims=True) / n
+            var = ops.sum(ops.square(x - mean) * mask, axis=(1, 2), keepdims=True) / n
+            z = (x - mean) / ops.sqrt(var + 1.0)
+            return ops.clip(128.0 + 48.0 * z, 1.0, 255.0) * mask
+
+        def get_config(self) -> dict[str, Any]:
+            return {**super().get_config(), "floor": self.floor}
+
+    return ForegroundStandardize
+
+
+_FOREGROUND: type | None = None
+
+
+def foreground_standardize() -> Any:
+    """A serialisable layer standardising each cell's pixels (see ``ForegroundStandardize``)."""
+    global _FOREGROUND
+    if _FOREGROUND is None:
+        _FOREGROUND = _foreground_layer()
+    return _FOREGROUND(name="foreground_standardize")
+
+
 _PREPROCESS: type | None = None
 _EXPORT: dict[str, type] = {}
 SPEC_LAYER = "cnmc_spec"  # the exported model's metadata layer
@@ -118,15 +160,17 @@ def _export_layers() -> dict[str, type]:
     @keras.saving.register_keras_serializable(package="leukemia")
     class CellSpec(keras.layers.Layer):
         """Identity on the pixels; carries what ``predict`` needs to prepare a raw image and
-        decide its class: the crop, the input size, the decision threshold, TTA, members."""
+        decide its class: the crop, the input size, the decision rule (``leukemia.rules``;
+        ``threshold`` is its cut or fallback), TTA, members."""
 
         def __init__(self, crop: str = "cell", window: int | None = None, image_size: int = 0,
                      threshold: float = 0.5, tta: bool = False, members: int = 1,
-                     info: dict | None = None, **kw: Any) -> None:
+                     info: dict | None = None, rule: dict | None = None, **kw: Any) -> None:
             super().__init__(**kw)
             self.crop, self.window, self.image_size = crop, window, image_size
             self.threshold, self.tta, self.members = float(threshold), bool(tta), int(members)
             self.info = dict(info or {})
+            self.rule = dict(rule or {"name": "threshold", "threshold": self.threshold})
 
         def call(self, x: Any) -> Any:
             return ops.cast(x, "float32")
@@ -134,7 +178,8 @@ def _export_layers() -> dict[str, type]:
         def get_config(self) -> dict[str, Any]:
             return {**super().get_config(), "crop": self.crop, "window": self.window,
                     "image_size": self.image_size, "threshold": self.threshold,
-                    "tta": self.tta, "members": self.members, "info": self.info}
+                    "tta": self.tta, "members": self.members, "info": self.info,
+                    "rule": self.rule}
 
     @keras.saving.register_keras_serializable(package="leukemia")
     class DihedralStack(keras.layers.Layer):
@@ -188,6 +233,21 @@ def _small_cnn(x: Any, weights: str) -> Any:
     x = preprocess("unit")(x)
     for i, f in enumerate((32, 64, 128, 256)):
         x = _conv_block(x, f, f"block{i + 1}")
+        x = layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(x) if i < 3 else x
+    return x
+
+
+@register_backbone("small_cnn_gn", min_size=16, pretrained=False)
+def _small_cnn_gn(x: Any, weights: str) -> Any:
+    """``small_cnn`` with GroupNorm (8 groups) for BatchNorm: no batch statistics, so nothing
+    learned about the training patients' pixel statistics is applied to new patients' cells."""
+    from keras import layers
+
+    x = preprocess("unit")(x)
+    for i, f in enumerate((32, 64, 128, 256)):
+        x = layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"block{i + 1}_conv")(x)
+        x = layers.GroupNormalization(8, name=f"block{i + 1}_gn")(x)
+        x = layers.Activation("relu", name=f"block{i + 1}_relu")(x)
         x = layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(x) if i < 3 else x
     return x
 
@@ -258,7 +318,7 @@ _app("densenet121", "DenseNet121", "torch")
 
 
 def create_backbone(name: str, *, image_size: int, weights: str = "none",
-                    dropout: float = 0.0) -> Any:
+                    dropout: float = 0.0, normalize: str = "none") -> Any:
     """Build a binary classifier on a registered backbone.
 
     Args:
@@ -266,6 +326,8 @@ def create_backbone(name: str, *, image_size: int, weights: str = "none",
         image_size: input side in px (checked against the backbone's minimum).
         weights: ``"none"`` (random init) or ``"imagenet"``.
         dropout: dropout rate before the sigmoid unit.
+        normalize: ``"foreground"`` standardises each cell's pixels first
+            (:func:`foreground_standardize`); ``"none"``: raw pixels.
 
     Returns:
         An uncompiled ``keras.Model`` mapping (N, S, S, 3) pixels 0-255 to (N, 1) P(ALL).
@@ -285,7 +347,12 @@ def create_backbone(name: str, *, image_size: int, weights: str = "none",
     from keras import layers
 
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
-    x = spec.build(inputs, weights)
+    x = inputs
+    if normalize == "foreground":
+        x = foreground_standardize()(x)
+    elif normalize != "none":
+        raise ValueError(f"normalize={normalize!r}: expected 'none' or 'foreground'")
+    x = spec.build(x, weights)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     if dropout:
         x = layers.Dropout(dropout, name="dropout")(x)
@@ -294,7 +361,8 @@ def create_backbone(name: str, *, image_size: int, weights: str = "none",
 
 
 def export_model(members: list[Any], *, crop: str, window: int | None, threshold: float = 0.5,
-                 tta: bool = True, info: dict[str, Any] | None = None) -> Any:
+                 tta: bool = True, info: dict[str, Any] | None = None,
+                 rule: dict[str, Any] | None = None) -> Any:
     """One classifier from trained members: raw pixels in, mean P(ALL) out.
 
     Args:
@@ -304,6 +372,7 @@ def export_model(members: list[Any], *, crop: str, window: int | None, threshold
         tta: average each member over the 8 flips/90-degree rotations of the cell (a cell has
             no orientation), inside the model, so anyone loading it gets the same scores.
         info: JSON-serialisable notes kept in the model (e.g. where the threshold came from).
+        rule: the decision rule (``leukemia.rules.Rule.to_dict()``); default: ``threshold``.
 
     Returns:
         A ``keras.Model`` whose metadata :func:`model_spec` reads back.
@@ -320,7 +389,7 @@ def export_model(members: list[Any], *, crop: str, window: int | None, threshold
     L = _export_layers()
     inputs = keras.Input((size, size, 3), name="pixels")
     x = L["CellSpec"](crop=crop, window=window, image_size=size, threshold=threshold, tta=tta,
-                      members=len(members), info=info, name=SPEC_LAYER)(inputs)
+                      members=len(members), info=info, rule=rule, name=SPEC_LAYER)(inputs)
     if tta:
         x = L["DihedralStack"](name="tta_views")(x)
     outs = []
@@ -335,16 +404,20 @@ def export_model(members: list[Any], *, crop: str, window: int | None, threshold
 
 def model_spec(model: Any) -> dict[str, Any]:
     """What a classifier needs to score a raw image: crop, window, image_size, threshold, tta,
-    members, info. A model saved before these were stored (a trial checkpoint, an older export)
-    gets the defaults of its time: the cell crop and the 0.5 threshold."""
+    members, info, rule (a ``leukemia.rules.Rule`` dict). A model saved before these were stored
+    (a trial checkpoint, an older export) gets the defaults of its time: the cell crop and the
+    0.5 threshold."""
     try:
         layer = model.get_layer(SPEC_LAYER)
     except ValueError:
         return {"crop": "cell", "window": None, "image_size": int(model.input_shape[1]),
-                "threshold": 0.5, "tta": False, "members": 1, "info": {}}
+                "threshold": 0.5, "tta": False, "members": 1, "info": {},
+                "rule": {"name": "threshold", "threshold": 0.5}}
     cfg = layer.get_config()
-    return {k: cfg[k] for k in ("crop", "window", "image_size", "threshold", "tta", "members",
-                                "info")}
+    out = {k: cfg[k] for k in ("crop", "window", "image_size", "threshold", "tta", "members",
+                               "info")}
+    out["rule"] = cfg.get("rule") or {"name": "threshold", "threshold": cfg["threshold"]}
+    return out
 
 
 def load_model(path: str) -> Any:
@@ -354,9 +427,11 @@ def load_model(path: str) -> Any:
         FileNotFoundError: no such file.
         ValueError: the file is not a readable Keras model (truncated, corrupt, other format).
     """
-    global _PREPROCESS
+    global _PREPROCESS, _FOREGROUND
     if _PREPROCESS is None:
         _PREPROCESS = _preprocess_layer()
+    if _FOREGROUND is None:
+        _FOREGROUND = _foreground_layer()
     _export_layers()
     from pathlib import Path
 

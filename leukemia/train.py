@@ -28,7 +28,7 @@ import numpy as np
 
 from leukemia import metrics as M
 from leukemia.config import TrainConfig
-from leukemia.pipeline import class_weights, make_dataset
+from leukemia.pipeline import class_weights, make_dataset, patient_weights
 from leukemia.store import Selection, Store
 
 log = logging.getLogger(__name__)
@@ -278,14 +278,25 @@ def fit(config: TrainConfig, store: Store | str | tuple[Selection, Selection | N
     log.info("training on %d images (%d ALL, %d normal), validating on %s; class weights %s",
              len(train), int(train.labels.sum()), int(len(train) - train.labels.sum()),
              len(val) if val is not None else "nothing", cw)
+    # per-cell weights (patient balance, or MixUp's soft labels, which Keras' class_weight
+    # cannot look up) carry the class weights too
+    sample_w = None
+    if config.patient_balance:
+        sample_w = patient_weights(train.patient_ids, train.labels, cw)
+    elif config.mixup > 0 and cw:
+        sample_w = np.where(train.labels == 1, cw[1], cw[0]).astype(np.float32)
+    fit_cw = None if (config.patient_balance or config.mixup > 0) else cw
     train_ds = make_dataset(train.images, train.labels, image_size=config.image_size,
                             batch_size=config.batch_size, training=True, augment=config.augment,
-                            augment_strength=config.augment_strength, seed=config.seed)
+                            augment_strength=config.augment_strength, seed=config.seed,
+                            weights=sample_w, stain_jitter=config.stain_jitter,
+                            grayscale=config.grayscale, mixup_alpha=config.mixup)
     from leukemia.models import BACKBONE_LAYER, create_backbone
 
     if model is None:
         model = create_backbone(config.backbone, image_size=config.image_size,
-                                weights=config.weights, dropout=config.dropout)
+                                weights=config.weights, dropout=config.dropout,
+                                normalize=config.normalize)
     frozen_phase = initial_epoch < config.freeze_epochs
     steps = max(1, math.ceil(len(train) / config.batch_size))
     if getattr(model, "optimizer", None) is None:  # a checkpoint keeps its optimizer's state
@@ -337,7 +348,7 @@ def fit(config: TrainConfig, store: Store | str | tuple[Selection, Selection | N
         if frozen_phase and unfrozen:  # the fine-tuning phase after a frozen one
             _set_backbone_trainable(model, BACKBONE_LAYER, True)
             _compile(model, config, config.learning_rate * 0.1, steps, first_epoch=begin)
-        model.fit(train_ds, epochs=end, initial_epoch=begin, class_weight=cw,
+        model.fit(train_ds, epochs=end, initial_epoch=begin, class_weight=fit_cw,
                   shuffle=False,  # tf.data shuffles (seeded); silences a Keras warning
                   callbacks=[keras.callbacks.TerminateOnNaN(), first_step,
                              _EpochEnd(on_epoch_end)],

@@ -153,11 +153,14 @@ def best_trial(trials: list[dict[str, Any]]) -> dict[str, Any] | None:
     at low fidelity; on real replayed curves that doubled the epochs needed to get within 0.01
     of the best configuration (``benchmarks/searchers.py``, PERFORMANCE.md). When no trial ran
     the whole budget, the highest objective at any epoch (then fewer epochs, then earlier).
+    A trial whose selected epoch was constant (one class for every held-out cell, no ranking:
+    ``last_constant`` / ``best_constant``) is never picked; None when no other trial scored.
     """
     full = [t for t in trials if _ran_full_budget(t)]
     if full:
         return max(full, key=lambda t: (t["last_objective"], -t["number"]))
-    scored = [t for t in trials if t.get("best_objective") is not None]
+    scored = [t for t in trials
+              if t.get("best_objective") is not None and not t.get("best_constant")]
     if not scored:
         return None
     return max(scored, key=lambda t: (t["best_objective"], -(t["best_epoch"] or 0),
@@ -165,8 +168,9 @@ def best_trial(trials: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def _ran_full_budget(trial: dict[str, Any]) -> bool:
-    """Whether ``trial`` ran the whole epoch budget and scored its last epoch."""
-    return trial.get("status") == "completed" and trial.get("last_objective") is not None
+    """Whether ``trial`` ran the whole epoch budget and scored its last epoch, not constant."""
+    return (trial.get("status") == "completed" and trial.get("last_objective") is not None
+            and not trial.get("last_constant"))
 
 
 def selected_epoch(trial: dict[str, Any]) -> int:
@@ -252,6 +256,12 @@ def run_final(trial: dict[str, Any], settings: SearchSettings, out: Path, *, mod
     oof = _pool_oof([spans[n] for n in names])
     if oof is not None:
         threshold, source = _choose_threshold(oof)
+        from search.trainable import ConstantModelError, constant_message, is_constant_prediction
+
+        if is_constant_prediction(oof["labels"], oof["probs"], threshold):  # learned nothing
+            raise ConstantModelError(constant_message(
+                f"trial {trial['trial_id']}'s final models (out-of-fold, {len(oof['probs'])} "
+                "cells)"))
         y, p, pid = oof["labels"], oof["probs"], oof["patient_ids"]
         cv = M.binary_metrics(y, p, pid, threshold=threshold, seed=settings.seed,
                               ci_keys=CI_KEYS)

@@ -11,7 +11,9 @@ learning curves, trials); ``search.report_final`` the final model's section and
 The objective is ``val_weighted_f1`` (the C-NMC 2019 challenge metric), maximised; a trial's
 score in the tables is its best epoch. The best trial is the search's
 (``search.final.best_trial``): the highest held-out score at the last epoch among the trials that
-ran the whole budget (any epoch of any trial only when none did), as the final retrain uses.
+ran the whole budget (any epoch of any trial only when none did), as the final retrain uses;
+never a trial whose judged epoch was ``constant`` (one class for every held-out cell, no
+ranking), a status of its own.
 
 Both writers replace their file atomically, so a reader never sees a half-written file.
 """
@@ -73,6 +75,7 @@ TRIAL_COLUMNS = (
 STATUS_COLOURS = {
     "completed": "#1f77b4",
     "pruned": "#e67e22",
+    "constant": "#8e44ad",  # stopped: one class for every held-out cell, no ranking
     "failed": "#c0392b",
     "running": "#7f8c8d",
     "pending": "#b0b7bd",
@@ -158,10 +161,8 @@ def _best_trial(trials: Sequence[dict]) -> dict | None:
     from search.final import best_trial
 
     if all(t.get("best_objective") is not None for t in trials if t.get("best_score") is not None):
-        found = best_trial(list(trials))
-        if found is not None:
-            return found
-    scored = _scored(trials)
+        return best_trial(list(trials))  # None when every scored trial was constant
+    scored = [(t, s) for t, s in _scored(trials) if t.get("status") != "constant"]
     return max(scored, key=lambda ts: ts[1])[0] if scored else None
 
 
@@ -186,7 +187,9 @@ def _header(trials: Sequence[dict], command: str, settings: dict) -> str:
     ]
     best = _best_trial(trials)
     if best is None:
-        parts.append(note("No trial reported a score."))
+        constant = any(t.get("status") == "constant" for t in trials)
+        parts.append(note("Every trial predicted one class for every cell; nothing to export."
+                          if constant else "No trial reported a score."))
     else:
         from search.final import selected_epoch, selected_score
 
@@ -305,13 +308,14 @@ def _curves_svg(trials: Sequence[dict], max_t: int) -> str:
     statuses = {str(t.get("status")) for t, _ in lines}
     legend = [
         (k, STATUS_COLOURS[s], s)
-        for s, k in (("completed", "dot"), ("pruned", "cross"), ("failed", "dash"))
+        for s, k in (("completed", "dot"), ("pruned", "cross"), ("constant", "cross"),
+                     ("failed", "dash"))
         if s in statuses
     ]
     legend += [
         ("line", STATUS_COLOURS.get(s, _OTHER_COLOUR), s)
         for s in sorted(statuses)
-        if s not in ("completed", "pruned", "failed")
+        if s not in ("completed", "pruned", "constant", "failed")
     ]
     legend.append(("line", "#222222", "best trial"))
     plot = Plot(
@@ -338,9 +342,10 @@ def _curves_svg(trials: Sequence[dict], max_t: int) -> str:
             f'stroke-opacity="{1 if is_best else 0.7}"{dash}>{svg_title(tip)}</polyline>'
         ]
         end_x, end_y = xy[-1]
-        if status == "pruned":
+        if status in ("pruned", "constant"):
+            why = "stopped by ASHA" if status == "pruned" else "one class for every cell"
             marks.append(
-                cross(end_x, end_y, colour, title=f"{tip}: stopped by ASHA", cls="marker-pruned")
+                cross(end_x, end_y, colour, title=f"{tip}: {why}", cls=f"marker-{status}")
             )
         elif status == "completed":
             marks.append(dot(end_x, end_y, colour, r=3.5, title=tip, cls="marker-completed"))

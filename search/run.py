@@ -6,9 +6,13 @@
     python search/run.py --out runs/cnmc --resume           # continue a killed search
 
 Each trial trains one sampled configuration on all training folds but ``--val-fold`` and
-reports the held-out fold's weighted F1 every epoch; ASHA stops weak trials early. The best
-configuration is then retrained on all training folds, evaluated once on ``validation_data``, and
-exported with ``trials.csv``, ``study.db`` (Optuna), ``best/`` and ``report.html`` under ``--out``.
+reports the held-out fold's weighted F1 every epoch; ASHA stops weak trials early, and a trial
+that calls every held-out cell one class without ranking them (``constant``) is stopped at
+ASHA's first rung. The best configuration is then retrained on all training folds, evaluated
+once on ``validation_data``, and exported with ``trials.csv``, ``study.db`` (Optuna), ``best/``
+and ``report.html`` under ``--out``. When every trial was constant nothing is exported (a
+warning; exit 0, as when every trial failed); when the final models' out-of-fold predictions are
+constant the export is refused (an error, exit 1, after the summary and report are written).
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 log = logging.getLogger("search")
 
-METRIC, MODE = "objective", "max"  # val_weighted_f1, ties broken by AUC (search/trainable.py)
+# val_weighted_f1, ties broken by AUC; AUC - 1 for a model calling one class (search/trainable.py)
+METRIC, MODE = "objective", "max"
 SCORE = "val_weighted_f1"
+CONSTANT = "constant"  # 1 for an epoch whose held-out predictions were constant
 DEMO_PRESET = {"trials": 20, "max_epochs": 10, "image_size": 64, "grace_period": 2,
                "backbones": "small_cnn,unet,mobilenet_v3_small"}
 FULL_DEFAULTS = {"trials": 64, "max_epochs": 20, "image_size": 224, "grace_period": 2,
@@ -95,25 +101,27 @@ def collect_trials(results: Any, max_t: int) -> list[dict[str, Any]]:
             {k: _clean(v) for k, v in row.items()}
             for row in df.drop_duplicates("training_iteration", keep="last")
             .sort_values("training_iteration").to_dict("records")]
-        scores = [(h[METRIC], -int(h["training_iteration"]), h.get(SCORE)) for h in history
+        scores = [(h[METRIC], -int(h["training_iteration"]), i) for i, h in enumerate(history)
                   if h.get(METRIC) is not None]
-        top = max(scores) if scores else None
-        best = (top[2], -top[1]) if top else (None, None)
+        top = history[max(scores)[2]] if scores else None
+        best = (top.get(SCORE), int(top["training_iteration"])) if top else (None, None)
         epochs = int(history[-1]["training_iteration"]) if history else 0
         meta = r.metrics or {}
         trial_id = meta.get("trial_id") or (Path(r.path).name.split("_")[-1] if r.path else "?")
         tag = str(meta.get("experiment_tag", "0")).split("_")[0]
-        status = "failed" if r.error else "completed" if epochs >= max_t else "pruned"
-        if not r.error and not history:
-            status = "pending"
         last = history[-1] if history else {}
+        # constant: ended (stopped, or at the budget) predicting one class, ranking nothing
+        status = ("failed" if r.error else "pending" if not history else "constant"
+                  if last.get(CONSTANT) else "completed" if epochs >= max_t else "pruned")
         trials.append({
             "trial_id": trial_id, "number": int(tag) if tag.isdigit() else len(trials) + 1,
             "params": dict(r.config or {}), "status": status,
             "error": _short_error(r.error) if r.error else None, "history": history,
             "best_score": best[0], "best_epoch": best[1], "epochs_run": epochs,
-            "best_objective": top[0] if top else None,
+            "best_objective": top[METRIC] if top else None,
             "last_objective": last.get(METRIC), "last_score": last.get(SCORE),
+            "best_constant": bool(top and top.get(CONSTANT)),
+            "last_constant": bool(last.get(CONSTANT)),
             "node_id": last.get("node_id"), "pid": last.get("pid"),
             "nodes": list(dict.fromkeys(h["node_id"] for h in history if h.get("node_id"))),
             "resumed_from_epoch": max((h.get("resumed_from_epoch") or 0 for h in history),
@@ -191,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image-size", type=int, help="image side in px (224; demo: 64)")
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--backbones", help="comma-separated backbones to search (default: all "
-                   "in search/space.py; demo: small_cnn,unet,mobilenet_v3_small)")
+                   "in search/space.py; demo: small_cnn,unet,mobilenet_v3_small; with --weights "
+                   "none both leave out what stayed constant from random init at this size, "
+                   "search/space.py SCRATCH_CONSTANT)")
     g.add_argument("--weights", default="none", choices=["none", "imagenet"],
                    help="start from ImageNet weights (needs a download) or random (none)")
     g.add_argument("--seed", type=int, default=0)
@@ -237,23 +247,34 @@ def apply_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """Fill unset flags: the demo preset without --data/--store, the full defaults otherwise."""
     demo = not (args.data or args.store)
     preset = DEMO_PRESET if demo else FULL_DEFAULTS
+    chosen = args.backbones is not None  # the user's list is respected, with a warning
     for key, value in preset.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
             if key == "grace_period":  # a default never exceeds the budget
                 args.grace_period = min(value, args.max_epochs)
-    if args.backbones is None:
-        from leukemia.models import backbone_spec
-        from search.space import DEFAULT_BACKBONES
+    from search.space import DEFAULT_BACKBONES, scratch_constant, scratch_note
 
-        fits = [b for b in DEFAULT_BACKBONES if args.image_size >= backbone_spec(b).min_size
+    if not chosen:
+        from leukemia.models import backbone_spec
+
+        base = args.backbones.split(",") if args.backbones else list(DEFAULT_BACKBONES)
+        fits = [b for b in base if args.image_size >= backbone_spec(b).min_size
                 and args.image_size % backbone_spec(b).multiple_of == 0]
-        if len(fits) < len(DEFAULT_BACKBONES):
+        if len(fits) < len(base):
             print(f"at {args.image_size} px the search leaves out "
-                  f"{', '.join(b for b in DEFAULT_BACKBONES if b not in fits)} (input too "
+                  f"{', '.join(b for b in base if b not in fits)} (input too "
                   "small or not a legal size for them)", file=sys.stderr)
-        args.backbones = ",".join(fits)
+        dead = [b for b in fits if scratch_constant(b, args.image_size, args.weights)]
+        if dead:
+            print(f"at {args.image_size} px with --weights none the search leaves out "
+                  f"{scratch_note(dead)}", file=sys.stderr)
+        args.backbones = ",".join(b for b in fits if b not in dead)
     args.backbone_list = [b.strip() for b in args.backbones.split(",") if b.strip()]
+    dead = [b for b in args.backbone_list if scratch_constant(b, args.image_size, args.weights)]
+    if chosen and dead:
+        print(f"warning: --backbones: {scratch_note(dead)}; expect their trials to be stopped "
+              "as constant at the first rung", file=sys.stderr)
     if args.out and args.out.startswith("file://"):
         args.out = args.out[len("file://"):]
     if args.out is None:
@@ -314,15 +335,24 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
 
     out: Path = paths["out"]
     report.write_trials_csv(out / "trials.csv", trials)
-    final = run_final_step(args, settings, trials, out, per_trial)
+    from search.trainable import ConstantModelError
+
+    refused = None
+    try:
+        final = run_final_step(args, settings, trials, out, per_trial)
+    except ConstantModelError as e:  # the summary and the report still tell what happened
+        final, refused = None, str(e)
     summary = write_summary(args, trials, final, slots, out,
                             search_seconds=search_seconds, tune_seconds=tune_seconds,
-                            total_seconds=time.monotonic() - t0)
+                            total_seconds=time.monotonic() - t0, refused=refused)
     write_report(args, settings, trials, final, summary, slots, per_trial, out)
     ray.shutdown()
     if paths["remote"]:
         _upload(out, args.out)
     _print_summary(summary, out if not paths["remote"] else args.out)
+    if refused:
+        print(f"error: {refused}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -413,7 +443,7 @@ def build_tuner(args: argparse.Namespace, settings: Any, per_trial: dict[str, fl
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from search.searcher import FidelityAwareOptunaSearch, LiveView
+    from search.searcher import ConstantStopper, FidelityAwareOptunaSearch, LiveView
     from search.space import define_space
     from search.trainable import train_trial
 
@@ -442,7 +472,7 @@ def build_tuner(args: argparse.Namespace, settings: Any, per_trial: dict[str, fl
             trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
         run_config=tune.RunConfig(
             name="tune", storage_path=paths["storage"], verbose=1 if args.verbose else 0,
-            callbacks=[view],
+            callbacks=[view], stop=ConstantStopper(args.grace_period, flag=CONSTANT),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=args.max_failures)))
 
@@ -455,7 +485,12 @@ def run_final_step(args: argparse.Namespace, settings: Any, trials: list[dict[st
 
     best = final_mod.best_trial(trials)
     if best is None:
-        print("no trial produced a score; see trials.csv for the errors", file=sys.stderr)
+        if any(t["best_objective"] is not None for t in trials):  # all of them constant
+            print("warning: every trial predicted one class for every cell; nothing to export "
+                  "(trials.csv: status constant). Try more epochs, a higher learning rate or "
+                  "another backbone", file=sys.stderr)
+        else:
+            print("no trial produced a score; see trials.csv for the errors", file=sys.stderr)
         return None
     if args.no_final:
         return None
@@ -465,14 +500,16 @@ def run_final_step(args: argparse.Namespace, settings: Any, trials: list[dict[st
 
 def write_summary(args: argparse.Namespace, trials: list[dict[str, Any]],
                   final: dict[str, Any] | None, slots: int, out: Path, *,
-                  search_seconds: float, tune_seconds: float, total_seconds: float
-                  ) -> dict[str, Any]:
-    """``summary.json``: the headline numbers of the run."""
+                  search_seconds: float, tune_seconds: float, total_seconds: float,
+                  refused: str | None = None) -> dict[str, Any]:
+    """``summary.json``: the headline numbers of the run (``refused``: why nothing was
+    exported although the final ran)."""
     from leukemia.train import atomic_write
     from search import final as final_mod
 
     best = final_mod.best_trial(trials)
-    counts = {s: sum(t["status"] == s for t in trials) for s in ("completed", "pruned", "failed")}
+    counts = {s: sum(t["status"] == s for t in trials)
+              for s in ("completed", "pruned", "constant", "failed")}
     trial_epochs = sum(t["epochs_run"] for t in trials)
     summary = {"search_seconds": round(search_seconds, 1), "tune_seconds": round(tune_seconds, 1),
                "concurrent_trials": slots, "total_seconds": round(total_seconds, 1),
@@ -485,7 +522,7 @@ def write_summary(args: argparse.Namespace, trials: list[dict[str, Any]],
                "validation": final["metrics_at_threshold"] if final else None,
                "validation_at_0.5": final["metrics"] if final else None,
                "cv": final["cv"] if final else None,
-               "nodes": node_summary(trials)}
+               "export_refused": refused, "nodes": node_summary(trials)}
     atomic_write(out / "summary.json", json.dumps(summary, indent=2))
     return summary
 
@@ -538,8 +575,9 @@ def _upload(local: Path, uri: str) -> None:
 def _print_summary(summary: dict[str, Any], out: Path | str) -> None:
     c = summary["trial_counts"]
     print(f"\ndone in {summary['total_seconds']:.0f} s: {c['completed']} completed, "
-          f"{c['pruned']} stopped by ASHA, {c['failed']} failed; trial-epochs "
-          f"{summary['trial_epochs']} of {summary['trial_epochs_full_budget']} (full budget)")
+          f"{c['pruned']} stopped by ASHA, {c['constant']} constant, {c['failed']} failed; "
+          f"trial-epochs {summary['trial_epochs']} of {summary['trial_epochs_full_budget']} "
+          "(full budget)")
     if summary["best_trial"]:
         print(f"best trial {summary['best_trial']}: held-out fold weighted F1 "
               f"{summary['best_val_fold_weighted_f1']:.4f} at epoch {summary['best_epoch']}")

@@ -26,7 +26,7 @@ import warnings
 from typing import Any
 
 from optuna.trial import TrialState
-from ray.tune import Callback
+from ray.tune import Callback, Stopper
 from ray.tune.search.optuna import OptunaSearch
 
 log = logging.getLogger(__name__)
@@ -124,8 +124,36 @@ class FidelityAwareOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
+class ConstantStopper(Stopper):
+    """Stop a trial whose held-out predictions are constant at ASHA's first rung or later.
+
+    ASHA compares a trial with the others that reached its rung; the first trials to get there
+    have nothing to be compared with and go on, and a constant predictor (one class for every
+    held-out cell, no ranking: ``result[flag] == 1``, ``search.trainable.is_constant``) then
+    spends the whole budget. This stops it at the first epoch ``>= grace_period`` it is constant,
+    whatever the others did. Stopped before ``max_t``, :class:`FidelityAwareOptunaSearch`
+    records it as PRUNED; ``search.run.collect_trials`` gives it the status ``constant``.
+
+    Args:
+        grace_period: ASHA's first rung (epochs).
+        flag: the result key that is 1 for a constant epoch.
+        time_attr: the result key counting epochs.
+    """
+
+    def __init__(self, grace_period: int, flag: str = "constant",
+                 time_attr: str = "training_iteration") -> None:
+        self.grace_period, self.flag, self.time_attr = grace_period, flag, time_attr
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return (int(result.get(self.time_attr) or 0) >= self.grace_period
+                and bool(result.get(self.flag)))
+
+    def stop_all(self) -> bool:
+        return False
+
+
 class LiveView(Callback):
-    """One compact status line: trials running/pending/done/pruned/failed and the best so far.
+    """One compact status line: trials running/pending/done/pruned/constant/failed and the best.
 
     On a terminal the line is redrawn in place (``\\r``, clear to end of line, cut to the
     terminal's width) at most every ``tty_every`` seconds and whenever a trial ends; in a log
@@ -156,8 +184,10 @@ class LiveView(Callback):
         self._show(trials)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        it = (trial.last_result or {}).get("training_iteration", 0)
-        self._ended[trial.trial_id] = "pruned" if it < self.max_t else "done"
+        last = trial.last_result or {}
+        it = last.get("training_iteration", 0)
+        self._ended[trial.trial_id] = ("constant" if last.get("constant") else
+                                       "pruned" if it < self.max_t else "done")
         self._show(trials, force=self.tty)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -173,7 +203,8 @@ class LiveView(Callback):
 
     def line(self, trials: list) -> str:
         """The status text for ``trials``."""
-        counts = {"running": 0, "pending": 0, "done": 0, "pruned": 0, "failed": 0}
+        counts = {"running": 0, "pending": 0, "done": 0, "pruned": 0, "constant": 0,
+                  "failed": 0}
         for t in trials:
             if t.trial_id in self._ended:
                 counts[self._ended[t.trial_id]] += 1

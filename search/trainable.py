@@ -2,9 +2,10 @@
 
 Runs inside a Ray worker process. With ``reuse_actors`` one process runs many trials, so the
 store's arrays are loaded once per process and kept (keyed by the store's content checksum).
-Every epoch reports the held-out fold's metrics and a checkpoint (the whole ``.keras`` model,
-optimizer state included); a restarted trial resumes from its last checkpoint. A NaN/inf loss
-fails the trial with a clear error.
+Every epoch reports the held-out fold's metrics, the search's :func:`objective`, ``constant``
+(:func:`is_constant`) and a checkpoint (the whole ``.keras`` model, optimizer state included); a
+restarted trial resumes from its last checkpoint. A NaN/inf loss fails the trial with a clear
+error.
 """
 
 from __future__ import annotations
@@ -28,17 +29,83 @@ MODEL_FILE = "model.keras"
 _DATA: dict[tuple[str, int | None], Any] = {}  # (store checksum, val_fold) -> (train, val)
 _PLUGINS: set[str] = set()
 _STORE_READS = 0  # how many times this process read the store (reported with every result)
-# The search's objective: the held-out fold's weighted F1 (the C-NMC metric), ties broken by ROC
-# AUC. On small folds an untrained model predicts one class and many trials tie at the same F1
-# (0.333 on a balanced fold), which leaves ASHA nothing to rank; 1e-4 x AUC orders them without
-# ever outweighing a one-image difference in F1 on a fold of fewer than ~5,000 images.
+# The search's objective. A model that calls both classes at 0.5 scores the held-out fold's
+# weighted F1 (the C-NMC metric), ties broken by ROC AUC: on small folds many trials tie at the
+# same F1, which leaves ASHA nothing to rank; 1e-4 x AUC orders them without ever outweighing a
+# one-image difference in F1 on a fold of fewer than ~5,000 images. A model that calls every
+# held-out cell the same class scores AUC - 1 (in [-1, 0]; AUC 0.5 when undefined): below every
+# model that calls both classes, however poorly, and ordered among its kind by how well it ranks
+# the cells. A real search exported such a model: it scored the majority share (wF1 0.52) while
+# models still settling their calibration scored 0.2-0.4 at ASHA's first rung (issue 16).
 OBJECTIVE = "objective"
 TIEBREAK = 1e-4
+# ``constant`` (reported every epoch, 1.0 or 0.0): one class called for every held-out cell at
+# 0.5 AND no ranking either (AUC within CONSTANT_AUC of 0.5, or undefined). Such a trial is
+# stopped at ASHA's first rung (search.searcher.ConstantStopper) and never exported.
+CONSTANT = "constant"
+CONSTANT_AUC = 0.02
+
+
+def _value(metrics: dict[str, Any], key: str) -> float | None:
+    v = metrics.get(key)
+    return None if v is None or not math.isfinite(float(v)) else float(v)
+
+
+def calls_one_class(metrics: dict[str, Any]) -> bool:
+    """Whether a metrics row (``val_*`` keys) called every held-out cell the same class.
+
+    Every cell called ALL is sensitivity 1 and specificity 0; every cell called normal is
+    sensitivity 0 and specificity 1. A rate that is undefined (the fold lacks that class)
+    constrains nothing.
+    """
+    sens, spec = _value(metrics, "val_sensitivity"), _value(metrics, "val_specificity")
+    if sens is None and spec is None:
+        return False
+    return any(sens in (None, s) and spec in (None, 1.0 - s) for s in (0.0, 1.0))
+
+
+def is_constant(metrics: dict[str, Any]) -> bool:
+    """One class for every held-out cell and AUC within ``CONSTANT_AUC`` of 0.5 (or undefined)."""
+    auc = _value(metrics, "val_roc_auc")
+    return calls_one_class(metrics) and (auc is None or abs(auc - 0.5) <= CONSTANT_AUC)
+
+
+def is_constant_prediction(labels: Any, probs: Any, threshold: float = 0.5) -> bool:
+    """:func:`is_constant` on raw predictions: one class at ``threshold`` for every cell and
+    ROC AUC within ``CONSTANT_AUC`` of 0.5 (or undefined)."""
+    import numpy as np
+
+    from leukemia import metrics as M
+
+    called = np.asarray(probs) >= threshold
+    if called.any() and not called.all():
+        return False
+    auc = M.roc_auc(labels, probs)
+    return not math.isfinite(auc) or abs(auc - 0.5) <= CONSTANT_AUC
+
+
+class ConstantModelError(ValueError):
+    """The final models' out-of-fold predictions are constant: nothing worth exporting."""
+
+
+def constant_message(what: str) -> str:
+    """Why a constant predictor is not exported, and what to try instead."""
+    return (f"{what} predicted one class for every cell (at the decision threshold, and ROC AUC "
+            f"within {CONSTANT_AUC} of 0.5): such a model has learned nothing and is not "
+            "exported. Try more epochs (--max-epochs), a higher learning rate, another backbone "
+            "(--backbones small_cnn trains from random init at any size), or --weights imagenet")
 
 
 def objective(metrics: dict[str, Any]) -> float:
-    """``val_weighted_f1 + 1e-4 * val_roc_auc`` (AUC counted as 0 when undefined)."""
-    return float(metrics["val_weighted_f1"]) + TIEBREAK * float(metrics.get("val_roc_auc") or 0)
+    """The search's objective for one epoch's metrics row (``val_*`` keys).
+
+    ``val_roc_auc - 1`` (AUC 0.5 when undefined) when every held-out cell was called the same
+    class at 0.5, else ``val_weighted_f1 + 1e-4 * val_roc_auc`` (AUC 0 when undefined).
+    """
+    auc = _value(metrics, "val_roc_auc")
+    if calls_one_class(metrics):
+        return (0.5 if auc is None else auc) - 1.0
+    return float(metrics["val_weighted_f1"]) + TIEBREAK * (auc or 0.0)
 
 
 def load_plugins(paths: list[str]) -> None:
@@ -117,7 +184,8 @@ def train_trial(params: dict[str, Any], settings: SearchSettings) -> None:
         with tempfile.TemporaryDirectory(prefix="cnmc-ckpt-") as d:
             save_model(model, Path(d) / MODEL_FILE)
             (Path(d) / STATE_FILE).write_text(json.dumps({"epoch": epoch}))
-            tune.report({**_numeric(metrics), OBJECTIVE: objective(metrics), "node_id": node,
+            tune.report({**_numeric(metrics), OBJECTIVE: objective(metrics),
+                         CONSTANT: float(is_constant(metrics)), "node_id": node,
                          "pid": os.getpid(), "store_reads_in_process": _STORE_READS,
                          "trial_started_at": started,
                          "reported_at": time.time(), "resumed_from_epoch": start},

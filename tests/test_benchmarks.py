@@ -24,6 +24,7 @@ HEADLINES = {
     "utilization.py": r"^utilization: \d+(\.\d+)?$",
     "gpu_packing.py": r"^(ratio: \d+(\.\d+)?|skipped: no NVIDIA GPU.*)$",
     "selection.py": r"^best: (wf1_at_0\.5|wf1_at_best_threshold|roc_auc)$",
+    "scratch.py": r"^ratio: \d+(\.\d+)?$",
 }
 
 

