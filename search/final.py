@@ -96,7 +96,7 @@ def export_and_score(member_files: list[str], settings: SearchSettings, threshol
     members = [load_model(f) for f in member_files]
     crop, window = store.crop
     model = export_model(members, crop=crop, window=window, threshold=threshold,
-                         tta=settings.tta, info=info)
+                         tta=settings.tta, info=info, rule=info.get("rule"))
     with tempfile.TemporaryDirectory() as d:
         save_model(model, Path(d) / "model.keras")
         model_bytes = (Path(d) / "model.keras").read_bytes()
@@ -255,7 +255,11 @@ def run_final(trial: dict[str, Any], settings: SearchSettings, out: Path, *, mod
         "predictions; 0.5", None, None, None
     oof = _pool_oof([spans[n] for n in names])
     if oof is not None:
-        threshold, source = _choose_threshold(oof)
+        oof_threshold, oof_source = _choose_threshold(oof)
+        threshold, source = 0.5, ("0.5 (--decision-rule 0.5; the out-of-fold threshold "
+                                  f"{oof_threshold:.3f} transferred worse to new patients)")
+        if settings.decision_rule == "oof":
+            threshold, source = oof_threshold, oof_source
         from search.trainable import ConstantModelError, constant_message, is_constant_prediction
 
         if is_constant_prediction(oof["labels"], oof["probs"], threshold):  # learned nothing
@@ -270,7 +274,15 @@ def run_final(trial: dict[str, Any], settings: SearchSettings, out: Path, *, mod
         cv_curve = {"thresholds": t.tolist(), "weighted_f1": f1.tolist()}
         _write_oof_csv(best_dir / "oof_predictions.csv", oof)
 
+    from leukemia.rules import Rule
+
+    rule = Rule("threshold", threshold=threshold)
+    if settings.decision_rule == "prior" and oof is not None:
+        rule = Rule("prior", threshold=threshold, prior=float(np.mean(oof["labels"])))
+        source = (f"prior matching (transductive): {rule.prior:.0%} of a batch called ALL; "
+                  f"threshold {threshold:.3f} below {rule.min_batch} cells")
     info = {"trial_id": trial["trial_id"], "final": mode, "threshold_source": source,
+            "rule": rule.to_dict(),
             "members": names, "epochs": configs[0].epochs}
     exp = ray.get(ray.remote(export_and_score).options(
         num_cpus=resources.get("CPU", 1), num_gpus=resources.get("GPU", 0), max_retries=1

@@ -216,6 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                    help="the exported model averages the 8 flips/90-degree rotations of a cell "
                    "(default on)")
+    g.add_argument("--decision-rule", choices=["0.5", "oof", "prior"], default="0.5",
+                   help="how the exported model turns P(ALL) into a class: 0.5 (default; "
+                   "measured to transfer best to new patients), oof (the threshold that "
+                   "maximises weighted F1 on the out-of-fold predictions) or prior "
+                   "(transductive: the share of a predicted batch called ALL matches training)")
     g.add_argument("--plugin", action="append", default=[],
                    help="a Python file imported in every worker (e.g. registering backbones)")
     g = p.add_argument_group("resources")
@@ -428,7 +433,7 @@ def plan(args: argparse.Namespace, store: str, *, remote: bool
         seed=args.seed, mixed_precision=use_gpu if args.mixed_precision is None
         else args.mixed_precision, trials_per_gpu=per_gpu, cpus_per_trial=int(per_trial["CPU"]),
         plugins=tuple(str(Path(p).resolve()) for p in args.plugin), crop=crop, window=window,
-        tta=args.tta)
+        tta=args.tta, decision_rule=args.decision_rule)
     print(f"search: {args.trials} trials of {','.join(args.backbone_list)} at "
           f"{args.image_size} px, up to {args.max_epochs} epochs (ASHA grace "
           f"{args.grace_period}, factor {args.reduction_factor}); {slots} at a time with "

@@ -30,8 +30,16 @@ class SearchSettings:
     crop: str = "window"  # how the store's images were cropped (recorded in the model)
     window: int | None = 320  # the window crop's side in px of the original frame
     tta: bool = True  # the exported model averages the 8 flips/rotations of a cell
+    # the exported decision rule: "0.5" (balanced class weights, cut at 0.5), "oof" (the
+    # wF1-maximising threshold on out-of-fold predictions) or "prior" (transductive prior
+    # matching, threshold 0.5 below leukemia.rules.MIN_BATCH cells). 0.5 transferred best of
+    # the per-cell rules to new patients (benchmarks/quality.py, PERFORMANCE.md)
+    decision_rule: str = "0.5"
 
     def __post_init__(self) -> None:
+        if self.decision_rule not in ("0.5", "oof", "prior"):
+            raise ValueError(f"SearchSettings.decision_rule={self.decision_rule!r}: expected "
+                             "0.5, oof or prior")
         if self.max_epochs < 1:
             raise ValueError(f"SearchSettings.max_epochs={self.max_epochs}: must be at least 1")
         if self.trials_per_gpu < 0 or self.cpus_per_trial < 1:

@@ -116,7 +116,8 @@ def test_model_spec_reads_back_what_export_stored(tmp_path):
     save_model(model, tmp_path / "m.keras")
     spec = model_spec(load_model(str(tmp_path / "m.keras")))
     assert spec == {"crop": "window", "window": 200, "image_size": 32, "threshold": 0.3125,
-                    "tta": True, "members": 2, "info": info}
+                    "tta": True, "members": 2, "info": info,
+                    "rule": {"name": "threshold", "threshold": 0.3125}}
 
 
 def test_model_spec_of_a_plain_model_gives_the_old_defaults(tmp_path):

@@ -163,7 +163,8 @@ def final_run(tmp_path_factory, real_data) -> dict:
     members = out / "best" / "members"
     args = ["--data", str(real_data), "--image-size", "32", "--batch-size", "8",
             "--backbones", "small_cnn", "--trials", "2", "--max-epochs", "2",
-            "--grace-period", "1", "--num-cpus", "2", "--out", str(out)]
+            "--grace-period", "1", "--num-cpus", "2", "--decision-rule", "oof",
+            "--out", str(out)]
     proc = start(args, tmp, tmp / "first.log")
     try:
         deadline = time.monotonic() + 900
