@@ -254,6 +254,7 @@ def run_final(trial: dict[str, Any], settings: SearchSettings, out: Path, *, mod
     threshold, source, cv, cv_curve, cv_05 = 0.5, "none: --final all-folds has no held-out " \
         "predictions; 0.5", None, None, None
     oof = _pool_oof([spans[n] for n in names])
+    oof_threshold = None
     if oof is not None:
         oof_threshold, oof_source = _choose_threshold(oof)
         threshold, source = 0.5, ("0.5 (--decision-rule 0.5; the out-of-fold threshold "
@@ -310,6 +311,9 @@ def run_final(trial: dict[str, Any], settings: SearchSettings, out: Path, *, mod
         val_05 = M.binary_metrics(vy, vp, vpid, threshold=0.5, seed=settings.seed)
         metrics.update(val_t)
         metrics["at_0.5"] = val_05
+    metrics["decision_rule"] = rule.to_dict()
+    if oof is not None:
+        metrics["oof_threshold"] = oof_threshold  # kept whichever rule decides
     if cv:
         metrics.update({f"cv_{k}": v for k, v in cv.items()})
         metrics["cv_at_0.5"] = cv_05
