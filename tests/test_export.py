@@ -127,7 +127,8 @@ def test_model_spec_of_a_plain_model_gives_the_old_defaults(tmp_path):
     with pytest.raises(ValueError):
         loaded.get_layer(SPEC_LAYER)
     assert model_spec(loaded) == {"crop": "cell", "window": None, "image_size": 32,
-                                  "threshold": 0.5, "tta": False, "members": 1, "info": {}}
+                                  "threshold": 0.5, "tta": False, "members": 1, "info": {},
+                                  "rule": {"name": "threshold", "threshold": 0.5}}
 
 
 def test_export_model_rejects_no_members():
