@@ -164,6 +164,7 @@ def train_config(variant: Variant, seed: int, epochs: int, size: int) -> Any:
 
 def run_fold(config: Any, train: Any, held: Any, external: Any) -> dict[str, Any]:
     """Train on ``train``; the held-out group's curve and the last epoch's predictions."""
+    from leukemia.evaluate import model_features
     from leukemia.train import fit, predict_proba
 
     out: dict[str, Any] = {}
@@ -183,28 +184,16 @@ def run_fold(config: Any, train: Any, held: Any, external: Any) -> dict[str, Any
         out["epochs_external"].append(np.round(p[len(held):], 4).tolist())
         if epoch == config.epochs:
             score(model)
-            out["features"] = _features(model, external.images)
+            out["features"] = model_features(model, external.images).round(4).tolist()
 
     result = fit(config, (train, held), callbacks=[every_epoch])
     if "held" not in out:  # stopped early (non-finite loss): score what there is
         score(result.model)
-        out["features"] = _features(result.model, external.images)
+        out["features"] = model_features(result.model, external.images).round(4).tolist()
     out["status"] = result.status
     out["curve"] = [(h.get("val_roc_auc"), h.get("val_weighted_f1")) for h in result.history]
     out["train_seconds"] = sum(h.get("train_seconds", 0.0) for h in result.history)
     return out
-
-
-def _features(model: Any, images: np.ndarray) -> list[list[float]]:
-    """The model's pooled penultimate features of ``images`` (neighbour correction)."""
-    import keras
-
-    from leukemia.pipeline import make_dataset
-
-    sub = keras.Model(model.input, model.get_layer("pool").output)
-    ds = make_dataset(images, np.zeros(len(images)), image_size=int(model.input_shape[1]),
-                      batch_size=64, training=False).map(lambda x, _: x)
-    return np.round(np.asarray(sub.predict(ds, verbose=0)), 4).tolist()
 
 
 def swing(values: list[float | None]) -> float | None:

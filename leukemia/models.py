@@ -105,6 +105,8 @@ def _preprocess_layer() -> type:
 def _foreground_layer() -> type:
     import keras
 
+    from leukemia.pipeline import FOREGROUND_FLOOR
+
     @keras.saving.register_keras_serializable(package="leukemia")
     class ForegroundStandardize(keras.layers.Layer):
         """Each cell's pixels standardised per channel over the cell (pixels brighter than
@@ -112,7 +114,7 @@ def _foreground_layer() -> type:
         deviation; the black background stays 0. A patient's stain and brightness go; the
         cell's texture and shape stay."""
 
-        def __init__(self, floor: float = 10.0, **kw: Any) -> None:
+        def __init__(self, floor: float = FOREGROUND_FLOOR, **kw: Any) -> None:
             super().__init__(**kw)
             self.floor = float(floor)
 
@@ -216,40 +218,39 @@ def preprocess(mode: str) -> Any:
 # Backbones
 
 
-def _conv_block(x: Any, filters: int, name: str) -> Any:
+def _conv_block(x: Any, filters: int, name: str, norm: str = "batch") -> Any:
     from keras import layers
 
     x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    # momentum 0.9: moving statistics settle within a few dozen steps (small stores, few epochs)
-    x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+    if norm == "group":  # no batch statistics: nothing of the training patients' carried over
+        x = layers.GroupNormalization(8, name=f"{name}_gn")(x)
+    else:  # momentum 0.9: moving statistics settle within a few dozen steps (few epochs)
+        x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
+
+
+def _cnn4(x: Any, norm: str) -> Any:
+    """The notebooks' 4-block CNN (conv-norm-ReLU-maxpool)."""
+    from keras import layers
+
+    x = preprocess("unit")(x)
+    for i, f in enumerate((32, 64, 128, 256)):
+        x = _conv_block(x, f, f"block{i + 1}", norm)
+        x = layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(x) if i < 3 else x
+    return x
 
 
 @register_backbone("small_cnn", min_size=16, pretrained=False)
 def _small_cnn(x: Any, weights: str) -> Any:
     """The plain 4-block CNN of the C-NMC notebooks (conv-BN-ReLU-maxpool)."""
-    from keras import layers
-
-    x = preprocess("unit")(x)
-    for i, f in enumerate((32, 64, 128, 256)):
-        x = _conv_block(x, f, f"block{i + 1}")
-        x = layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(x) if i < 3 else x
-    return x
+    return _cnn4(x, "batch")
 
 
 @register_backbone("small_cnn_gn", min_size=16, pretrained=False)
 def _small_cnn_gn(x: Any, weights: str) -> Any:
     """``small_cnn`` with GroupNorm (8 groups) for BatchNorm: no batch statistics, so nothing
     learned about the training patients' pixel statistics is applied to new patients' cells."""
-    from keras import layers
-
-    x = preprocess("unit")(x)
-    for i, f in enumerate((32, 64, 128, 256)):
-        x = layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"block{i + 1}_conv")(x)
-        x = layers.GroupNormalization(8, name=f"block{i + 1}_gn")(x)
-        x = layers.Activation("relu", name=f"block{i + 1}_relu")(x)
-        x = layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(x) if i < 3 else x
-    return x
+    return _cnn4(x, "group")
 
 
 @register_backbone("unet", min_size=16, pretrained=False, multiple_of=8)

@@ -15,6 +15,16 @@ from typing import Any
 import numpy as np
 
 AUTOTUNE = -1  # tf.data.AUTOTUNE
+# A pixel belongs to the cell when some channel is above this (the frame is black; the same
+# floor as the store's crops, leukemia.store.crop_to_cell)
+FOREGROUND_FLOOR = 10.0
+
+
+def _foreground(x: Any) -> Any:
+    """(B, H, W, 1) float mask of the cell's pixels in a float batch."""
+    import tensorflow as tf
+
+    return tf.cast(tf.reduce_max(x, axis=-1, keepdims=True) > FOREGROUND_FLOOR, x.dtype)
 
 
 def class_weights(labels: np.ndarray, mode: str) -> dict[int, float] | None:
@@ -68,7 +78,7 @@ def build_shift_augmenter(stain_jitter: float, grayscale: float, seed: int) -> A
 
     def augment(x: Any) -> Any:
         n = tf.shape(x)[0]
-        mask = tf.cast(tf.reduce_max(x, axis=-1, keepdims=True) > 10.0, x.dtype)
+        mask = _foreground(x)
         if stain_jitter > 0:
             od = -tf.math.log((x + 1.0) / 256.0)
             hed = tf.einsum("bhwc,cd->bhwd", od, to_hed)
@@ -124,7 +134,7 @@ def build_augmenter(strength: float, seed: int) -> Any:
     transpose_gen = tf.random.Generator.from_seed(seed + 8)
 
     def augment(x: Any) -> Any:
-        mask = tf.cast(tf.reduce_max(x, axis=-1, keepdims=True) > 10.0, x.dtype)
+        mask = _foreground(x)
         for layer in colour:
             x = layer(x, training=True)
         x = tf.clip_by_value(x, 0.0, 255.0) * mask  # jitter the stain, not the background

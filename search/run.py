@@ -37,7 +37,6 @@ log = logging.getLogger("search")
 # val_weighted_f1, ties broken by AUC; AUC - 1 for a model calling one class (search/trainable.py)
 METRIC, MODE = "objective", "max"
 SCORE = "val_weighted_f1"
-CONSTANT = "constant"  # 1 for an epoch whose held-out predictions were constant
 DEMO_PRESET = {"trials": 20, "max_epochs": 10, "image_size": 64, "grace_period": 2,
                "backbones": "small_cnn,unet,mobilenet_v3_small"}
 FULL_DEFAULTS = {"trials": 64, "max_epochs": 20, "image_size": 224, "grace_period": 2,
@@ -94,6 +93,8 @@ def resolve_store(args: argparse.Namespace) -> str:
 
 def collect_trials(results: Any, max_t: int) -> list[dict[str, Any]]:
     """One dict per trial (params, per-epoch history, status, error, node) from a ResultGrid."""
+    from search.trainable import CONSTANT
+
     trials = []
     for r in results:
         df = r.metrics_dataframe
@@ -450,7 +451,7 @@ def build_tuner(args: argparse.Namespace, settings: Any, per_trial: dict[str, fl
 
     from search.searcher import ConstantStopper, FidelityAwareOptunaSearch, LiveView
     from search.space import define_space
-    from search.trainable import train_trial
+    from search.trainable import CONSTANT, train_trial
 
     out: Path = paths["out"]
     trainable = tune.with_resources(

@@ -71,17 +71,11 @@ def is_constant(metrics: dict[str, Any]) -> bool:
 
 
 def is_constant_prediction(labels: Any, probs: Any, threshold: float = 0.5) -> bool:
-    """:func:`is_constant` on raw predictions: one class at ``threshold`` for every cell and
-    ROC AUC within ``CONSTANT_AUC`` of 0.5 (or undefined)."""
-    import numpy as np
-
+    """:func:`is_constant` on raw predictions, classes called at ``threshold``."""
     from leukemia import metrics as M
 
-    called = np.asarray(probs) >= threshold
-    if called.any() and not called.all():
-        return False
-    auc = M.roc_auc(labels, probs)
-    return not math.isfinite(auc) or abs(auc - 0.5) <= CONSTANT_AUC
+    m = M.binary_metrics(labels, probs, threshold=threshold, n_boot=0)
+    return is_constant({f"val_{k}": v for k, v in m.items()})
 
 
 class ConstantModelError(ValueError):
