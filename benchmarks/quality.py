@@ -164,6 +164,7 @@ def train_config(variant: Variant, seed: int, epochs: int, size: int) -> Any:
 
 def run_fold(config: Any, train: Any, held: Any, external: Any) -> dict[str, Any]:
     """Train on ``train``; the held-out group's curve and the last epoch's predictions."""
+    from leukemia.adapt import adapted_batchnorm
     from leukemia.evaluate import model_features
     from leukemia.train import fit, predict_proba
 
@@ -174,6 +175,12 @@ def run_fold(config: Any, train: Any, held: Any, external: Any) -> dict[str, Any
         for key, tta in (("", False), ("_tta", True)):
             p = predict_proba(model, both, tta=tta)
             out[f"held{key}"], out[f"external{key}"] = p[:len(held)], p[len(held):]
+        # BatchNorm statistics re-estimated on each pooled set being predicted (AdaBN): the
+        # held-out group's cells for the OOF view, the external cells for the external one
+        for key, cells in (("held", held), ("external", external)):
+            with adapted_batchnorm(model, cells.images) as n:
+                if n:
+                    out[f"{key}_adabn_tta"] = predict_proba(model, cells.images, tta=True)
 
     out["epochs_held"], out["epochs_external"] = [], []
 
@@ -237,7 +244,9 @@ def summarise(fold: Any, external: Any, runs: list[dict[str, Any]], order: np.nd
     out["curves"] = [r["curve"] for r in runs]
     # the predictions themselves (cell order of the stores), to re-analyse without retraining
     out["predictions"] = {k: [np.round(r[k], 4).tolist() for r in runs]
-                          for k in ("held", "held_tta", "external", "external_tta")}
+                          for k in ("held", "held_tta", "external", "external_tta",
+                                    "held_adabn_tta", "external_adabn_tta")
+                          if all(k in r for r in runs)}
     out["epoch_predictions"] = {"held": [r["epochs_held"] for r in runs],
                                 "external": [r["epochs_external"] for r in runs]}
     out["features"] = [r.get("features") for r in runs]
@@ -503,6 +512,14 @@ def transfer(row: dict[str, Any], fold: Any, external: Any) -> dict[str, Any]:
         f = np.concatenate([np.asarray(x, dtype=float) for x in feats], axis=1)
         corrected = neighbour_correction(ext, f, 7)
         out["neighbours"] = _scores(ye, corrected, (corrected >= 0.5).astype(int))
+    # transductive: BatchNorm statistics re-estimated on the pooled cells predicted (AdaBN)
+    if "external_adabn_tta" in pred:
+        ea = np.mean(np.array(pred["external_adabn_tta"]), axis=0)
+        oa = np.empty(len(fold))
+        for g in range(len(row["groups"])):
+            oa[order == g] = pred["held_adabn_tta"][g]
+        out["adabn"] = {**_scores(ye, ea, (ea >= 0.5).astype(int)),
+                        "oof": _scores(y, oa, (oa >= 0.5).astype(int))}
     # per-patient call: a patient is ALL when most of its cells are called ALL at 0.5
     pe = external.patient_ids
     names = sorted(set(pe.tolist()))
@@ -571,6 +588,27 @@ def transfer_report(results: dict[str, list[dict[str, Any]]], fold: Any, externa
                     f"{_mean([x['patients']['spec'] for x in ts]):.2f} |")
     out.append(table(rows, ["variant", "neighbours AUC", "neighbours wF1@0.5",
                             "neighbours spec", "patient-call accuracy", "patient sens / spec"]))
+    rows = []
+    for name, ts in t.items():
+        ab = [(x, x["adabn"]) for x in ts if "adabn" in x]
+        if not ab:
+            continue
+        rows.append(f"| {name} ({len(ab)}) | {_spread([x['ext_auc'] for x, _ in ab])} | "
+                    f"{_spread([a['auc'] for _, a in ab])} | "
+                    f"{_spread([x['rules']['0.5']['wf1'] for x, _ in ab])} | "
+                    f"{_spread([a['wf1'] for _, a in ab])} / "
+                    f"{_mean([a['sens'] for _, a in ab]):.2f} / "
+                    f"{_mean([a['spec'] for _, a in ab]):.2f} | "
+                    f"{_spread([x['oof_auc'] for x, _ in ab])} | "
+                    f"{_spread([a['oof']['auc'] for _, a in ab])} | "
+                    f"{_spread([a['oof']['wf1'] for _, a in ab])} |")
+    if rows:
+        out.append("\nBatchNorm statistics re-estimated on the pooled cells predicted (AdaBN, "
+                   "transductive; the same fold models, TTA on; OOF: each held-out group "
+                   "pooled):\n")
+        out.append(table(rows, ["variant (seeds)", "ext AUC", "ext AUC AdaBN", "ext wF1@0.5",
+                                "AdaBN wF1@0.5 / sens / spec", "OOF AUC", "OOF AUC AdaBN",
+                                "OOF wF1@0.5 AdaBN"]))
     return "\n".join(out)
 
 
