@@ -7,6 +7,7 @@
     leukemia evaluate MODEL --store STORE [--split validation] [--rule R] [--threshold T]
     leukemia predict MODEL IMAGE_OR_DIR... [--csv FILE] [--rule threshold|prior|em]
         [--threshold T] [--neighbours K] [--patient-per-folder] [--patients-csv FILE]
+        [--skip-bad]
 
 Run ``leukemia <command> --help`` for the options of each.
 """
@@ -21,6 +22,8 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from leukemia.evaluate import BatchPrediction
 
 log = logging.getLogger("leukemia")
@@ -94,12 +97,13 @@ def _predict(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     rule = model_rule(model, args.rule, args.threshold)
     batch = predict_batch(model, args.inputs, rule, neighbours=args.neighbours,
-                          crop="none" if args.no_crop else args.crop)
+                          crop="none" if args.no_crop else args.crop, adapt_bn=args.adapt_bn)
     d, corrected = batch.decision, batch.p_neighbours
-    classes = ["ALL" if c else "normal" for c in d.classes]
-    for i, path in enumerate(batch.paths):
-        extra = "" if corrected is None else f"\t{corrected[i]:.4f}"
-        print(f"{path}\t{batch.p_all[i]:.4f}\t{classes[i]}{extra}")
+    for path, p, cls, q, note in _rows(batch):
+        if p is None:  # no cell: no score, no class; the reason in the class's place
+            print(f"{path}\t-\t{note}" + ("" if corrected is None else "\t-"))
+        else:
+            print(f"{path}\t{p:.4f}\t{cls}" + ("" if q is None else f"\t{q:.4f}"))
     if args.csv:
         atomic_write(args.csv, _predictions_csv(batch))
     patients = patient_summary(batch.paths, batch.p_all, d.classes,
@@ -120,22 +124,80 @@ def _predict(args: argparse.Namespace) -> int:
               else "stored in the model")
     corrected_by = "" if corrected is None else (
         f"neighbour-corrected (transductive, K={batch.neighbours}); ")
+    if batch.adapted_bn:
+        corrected_by = (f"scored with {batch.adapted_bn} BatchNorm layers' statistics "
+                        f"re-estimated on these {len(batch.paths)} cells (transductive); "
+                        + corrected_by)
+    if batch.adapt_note:
+        print(f"note: {batch.adapt_note}", file=sys.stderr)
     wrote = [f for f in (args.csv, args.patients_csv) if f]
-    print(f"{len(batch.paths)} image(s); {corrected_by}class = ALL where "
+    print(f"{len(batch.paths)} image(s) scored; {corrected_by}class = ALL where "
           f"{'corrected ' if corrected_by else ''}P(ALL) >= {d.cut:.3f}; decided by rule "
           f"{rule.name} ({source}): {d.note}"
           + (f"; wrote {', '.join(wrote)}" if wrote else ""), file=sys.stderr)
-    return 0
+    return _report_unscored(batch, skip_bad=args.skip_bad)
+
+
+def _report_unscored(batch: BatchPrediction, *, skip_bad: bool) -> int:
+    """Say on stderr what was converted, what had no cell and what could not be read; the exit
+    status: 2 when a file could not be read (0 with ``--skip-bad``), as ``ingest`` does."""
+    by_kind: dict[str, list[tuple[Path, str]]] = {}
+    for path, notes in batch.notes.items():
+        for note in notes:
+            by_kind.setdefault(note.split(":")[0], []).append((path, note))
+    for kind, named in by_kind.items():
+        print(f"note: {len(named)} image(s) {kind}, converted as ingest converts them (each "
+              f"named in the --csv note column), e.g. {named[0][0]}: {named[0][1]}",
+              file=sys.stderr)
+    if batch.no_cell:
+        print(f"{len(batch.no_cell)} image(s) with no cell found: no P(ALL), no class (the "
+              "reason in their rows)", file=sys.stderr)
+    if not batch.unreadable:
+        return 0
+    n, total = len(batch.unreadable), len(batch.files)
+    for u in batch.unreadable:
+        print(f"{'skipped' if skip_bad else 'error'}: {u.path}: {u.reason}", file=sys.stderr)
+    if skip_bad:
+        print(f"skipped {n} of {total} image file(s) that cannot be read (--skip-bad)",
+              file=sys.stderr)
+        return 0
+    print(f"error: {n} of {total} image file(s) cannot be read (listed above; the other "
+          f"{total - n} were read); replace them or pass --skip-bad to leave them out",
+          file=sys.stderr)
+    return 2
+
+
+def _rows(batch: BatchPrediction) -> list[tuple[str, float | None, str, float | None, str]]:
+    """One row per readable input, in input order: ``(path, P(ALL), class, neighbour-corrected
+    P(ALL), note)``; a frame with no cell has no P(ALL) and no class, and its note says why."""
+    d, corrected = batch.decision, batch.p_neighbours
+    at = {path: i for i, path in enumerate(batch.paths)}
+    no_cell = {u.path: u.reason for u in batch.no_cell}
+    rows: list[tuple[str, float | None, str, float | None, str]] = []
+    for path in batch.files:
+        if path in at:
+            i = at[path]
+            rows.append((str(path), float(batch.p_all[i]), "ALL" if d.classes[i] else "normal",
+                         None if corrected is None else float(corrected[i]),
+                         "; ".join(batch.notes.get(path, ()))))
+        elif path in no_cell:
+            rows.append((str(path), None, "", None, no_cell[path]))
+    return rows
 
 
 def _predictions_csv(batch: BatchPrediction) -> str:
-    """The CSV of a prediction: path,p_all,class,rule[,p_all_neighbours]."""
-    d, corrected = batch.decision, batch.p_neighbours
-    lines = ["path,p_all,class,rule" + ("" if corrected is None else ",p_all_neighbours")]
-    for i, path in enumerate(batch.paths):
-        lines.append(f"{_csv_field(str(path))},{batch.p_all[i]:.6f},"
-                     f"{'ALL' if d.classes[i] else 'normal'},{d.rule}"
-                     + ("" if corrected is None else f",{corrected[i]:.6f}"))
+    """The CSV of a prediction: path,p_all,class,rule[,p_all_neighbours][,note], one row per
+    readable input. ``note`` is there when some input has one: why a frame with no cell has
+    empty p_all, class and rule, or how an image was converted (grayscale, 16-bit)."""
+    rows = _rows(batch)
+    neighbours, notes = batch.p_neighbours is not None, any(r[4] for r in rows)
+    lines = ["path,p_all,class,rule" + (",p_all_neighbours" if neighbours else "")
+             + (",note" if notes else "")]
+    for path, p, cls, q, note in rows:
+        lines.append(f"{_csv_field(path)},{'' if p is None else f'{p:.6f}'},{cls},"
+                     f"{'' if p is None else batch.decision.rule}"
+                     + ("" if not neighbours else f",{'' if q is None else f'{q:.6f}'}")
+                     + ("" if not notes else f",{_csv_field(note)}"))
     return "\n".join(lines) + "\n"
 
 
@@ -219,7 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="neighbour correction (transductive, Pan et al. 2019): blend each "
                    "cell's P(ALL) with the mean of its K nearest cells in the model's features, "
                    "and decide classes on that (a p_all_neighbours column; default 0: off)")
-    s.add_argument("--csv", help="also write path,p_all,class,rule rows to this CSV file")
+    s.add_argument("--adapt-bn", action="store_true",
+                   help="score with the model's BatchNorm statistics re-estimated on all the "
+                   "cells of this command pooled (AdaBN, transductive: give many cells of many "
+                   "patients, never one patient's; at least 100 cells, else the model's own)")
+    s.add_argument("--csv", help="also write path,p_all,class,rule rows to this CSV file (a "
+                   "note column when some image has no cell on it, its p_all and class empty, "
+                   "or was converted from grayscale or 16 bits)")
     s.add_argument("--patient-per-folder", action="store_true",
                    help="each image's folder name is its patient id (default: UID_<patient>_ "
                    "file names)")
@@ -229,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the crop stored in the model (models saved before crops were "
                    "stored: the crop of the store they were trained on)")
     s.add_argument("--no-crop", action="store_true", help="same as --crop none")
+    s.add_argument("--skip-bad", action="store_true",
+                   help="exit 0 when some image files cannot be read (they are listed at the "
+                   "end either way, and the other images predicted; default: exit 2)")
     s.set_defaults(func=_predict)
     return p
 

@@ -9,20 +9,28 @@ everything scored together: the selection for ``evaluate``, all inputs of one ``
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from leukemia import metrics as M
+from leukemia.adapt import MIN_CELLS, adapted_batchnorm
 from leukemia.dataset import IMAGE_SUFFIXES, VALIDATION, parse_name
 from leukemia.rules import Decision, Rule, decide
-from leukemia.store import Selection, Store, decode_image
+from leukemia.store import (
+    Selection,
+    Store,
+    no_cell_reason,
+    preprocess_frame,
+    read_frame,
+)
 from leukemia.train import atomic_write, predict_proba
 
 log = logging.getLogger(__name__)
@@ -118,13 +126,21 @@ def evaluate_model(model_path: str | Path, store: Store | str, *, split: str = V
 def image_files(inputs: Sequence[str | Path]) -> list[Path]:
     """The image files of ``inputs`` (files, or folders searched recursively), in order.
 
+    A folder's files without an image suffix are left out (logged, as ingest does); a file
+    named on its own is kept whatever its suffix.
+
     Raises:
         FileNotFoundError: an input is missing, or there are no image files at all.
     """
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in item.rglob("*") if p.is_file())
+            images = [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES]
+            if len(images) < len(found):
+                other = [p for p in found if p.suffix.lower() not in IMAGE_SUFFIXES]
+                log.info("%s: ignoring %d non-image file(s), e.g. %s", item, len(other), other[0])
+            files += images
         elif item.is_file():
             files.append(item)
         else:
@@ -134,9 +150,30 @@ def image_files(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
+@dataclass(frozen=True)
+class Unscored:
+    """An input that got no P(ALL): a file that cannot be read, or a frame with no cell."""
+
+    path: Path
+    reason: str  # why, in words: ingest's reason for an unreadable file, or "no cell found: ..."
+
+
+@dataclass
+class _Chunk:
+    """What reading a chunk of files gave: the cells' pixels and what was not scored."""
+
+    files: list[Path]  # every file of the chunk, in input order
+    paths: list[Path]  # the cells, in input order
+    pixels: np.ndarray  # (len(paths), size, size, 3) uint8
+    unreadable: list[Unscored]
+    no_cell: list[Unscored]
+    notes: dict[Path, tuple[str, ...]]  # conversions (grayscale, 16-bit) of the cells
+
+
 def _prepared(model: Any, files: list[Path], crop: str | None, batch_size: int
-              ) -> Iterator[tuple[list[Path], np.ndarray]]:
-    """Chunks of ``files`` and their pixels, prepared as the model's training images were."""
+              ) -> Iterator[_Chunk]:
+    """Chunks of ``files`` read and prepared as the model's training images were; files that
+    cannot be read and frames with no cell on them are set aside, with the reason."""
     from leukemia.models import model_spec
 
     spec = model_spec(model)
@@ -145,21 +182,34 @@ def _prepared(model: Any, files: list[Path], crop: str | None, batch_size: int
         mode, window = crop, None  # None: the default window
     size = int(model.input_shape[1])
     for start in range(0, len(files), batch_size):
-        chunk = files[start:start + batch_size]
+        chunk = _Chunk(files[start:start + batch_size], [],
+                       np.zeros((0, size, size, 3), np.uint8), [], [], {})
         batch = []
-        for f in chunk:
+        for f in chunk.files:
             try:
-                batch.append(decode_image(str(f), size, mode, window=window)[0])
-            except ValueError as e:
-                raise ValueError(f"{f}: {e}") from e
-        yield chunk, np.stack(batch)
+                frame = read_frame(str(f))
+            except (OSError, ValueError) as e:  # what ingest counts as a bad file
+                chunk.unreadable.append(Unscored(f, str(e)))
+                continue
+            reason = no_cell_reason(frame.rgb)
+            if reason is not None:
+                chunk.no_cell.append(Unscored(f, reason))
+                continue
+            chunk.paths.append(f)
+            batch.append(preprocess_frame(frame.rgb, size, mode, window))
+            if frame.notes:
+                chunk.notes[f] = frame.notes
+        if batch:
+            chunk.pixels = np.stack(batch)
+        yield chunk
 
 
 def predict_files(model: str | Path | Any, inputs: Sequence[str | Path], *,
                   crop: str | None = None, batch_size: int = 64,
                   ) -> Iterator[tuple[Path, float]]:
     """Yield ``(path, P(ALL))`` for image files or folders, prepared as the model's training
-    images were (the crop stored in the model, unless ``crop`` overrides it).
+    images were (the crop stored in the model, unless ``crop`` overrides it). A frame with no
+    cell on it (:func:`leukemia.store.no_cell_reason`) gets NaN.
 
     Args:
         model: a ``.keras`` path or a loaded model.
@@ -172,35 +222,55 @@ def predict_files(model: str | Path | Any, inputs: Sequence[str | Path], *,
 
     if isinstance(model, (str, Path)):
         model = load_model(str(model))
-    for chunk, pixels in _prepared(model, image_files(inputs), crop, batch_size):
-        yield from zip(chunk, map(float, predict_proba(model, pixels)))
+    for chunk in _prepared(model, image_files(inputs), crop, batch_size):
+        if chunk.unreadable:
+            bad = chunk.unreadable[0]
+            raise ValueError(f"{bad.path}: {bad.reason}")
+        p: dict[Path, float] = {}
+        if chunk.paths:
+            p = dict(zip(chunk.paths, map(float, predict_proba(model, chunk.pixels))))
+        for f in chunk.files:  # each one scored or with no cell: the unreadable raised
+            yield f, p.get(f, float("nan"))
 
 
 @dataclass(frozen=True)
 class BatchPrediction:
-    """The cells of one ``predict`` command, scored and decided together."""
+    """The cells of one ``predict`` command, scored and decided together, and the inputs that
+    were not scored."""
 
-    paths: list[Path]
+    files: list[Path]  # every input image, in order
+    paths: list[Path]  # the cells scored, in input order
     p_all: np.ndarray  # each cell's P(ALL), from the model alone
     p_neighbours: np.ndarray | None  # neighbour-corrected P(ALL); None without the correction
     decision: Decision  # decided on p_neighbours where given, else on p_all
     neighbours: int  # K of the neighbour correction (0: off)
+    unreadable: list[Unscored] = field(default_factory=list)  # files that cannot be read
+    no_cell: list[Unscored] = field(default_factory=list)  # frames with no cell: no class
+    notes: dict[Path, tuple[str, ...]] = field(default_factory=dict)  # conversions, per cell
+    adapted_bn: int = 0  # BatchNorm layers re-estimated on these cells (0: the model's own)
+    adapt_note: str = ""  # why --adapt-bn was asked for and not applied
 
 
 def predict_batch(model: Any, inputs: Sequence[str | Path], rule: Rule, *,
                   crop: str | None = None, neighbours: int = 0, batch_size: int = 64,
-                  ) -> BatchPrediction:
-    """Score every image of ``inputs`` and decide their classes together under ``rule``.
+                  adapt_bn: bool = False) -> BatchPrediction:
+    """Score every readable cell of ``inputs`` and decide their classes together under
+    ``rule``; files that cannot be read and frames with no cell on them
+    (:func:`leukemia.store.no_cell_reason`) are set aside with the reason, and take no part in
+    the decision, the neighbour correction or the patients' calls.
 
     Args:
         model: a loaded model.
         neighbours: K of :func:`neighbour_correction` (0: off): the classes are then decided
             on the corrected scores.
+        adapt_bn: score with the model's BatchNorm statistics re-estimated on the pooled cells
+            of this command (:mod:`leukemia.adapt`, transductive); below
+            :data:`leukemia.adapt.MIN_CELLS` cells the model's own statistics serve, with a note.
 
     Raises:
         FileNotFoundError: an input is missing.
-        ValueError: an image cannot be read (named), fewer than K + 1 images with
-            ``neighbours``, or a model without a ``pool`` layer.
+        ValueError: fewer than K + 1 inputs (or cells scored) with ``neighbours``, or a model
+            without a ``pool`` layer.
     """
     files = image_files(inputs)
     nets = []
@@ -208,16 +278,52 @@ def predict_batch(model: Any, inputs: Sequence[str | Path], rule: Rule, *,
         _check_neighbours(len(files), neighbours)
         nets = _feature_nets(model)
     size = int(model.input_shape[1])
+    paths: list[Path] = []
     probs, feats = [], []
-    for _, pixels in _prepared(model, files, crop, batch_size):
-        probs.append(predict_proba(model, pixels))
+    unreadable: list[Unscored] = []
+    no_cell: list[Unscored] = []
+    notes: dict[Path, tuple[str, ...]] = {}
+    pixels = []
+    for chunk in _prepared(model, files, crop, batch_size):
+        unreadable += chunk.unreadable
+        no_cell += chunk.no_cell
+        notes.update(chunk.notes)
+        if not chunk.paths:
+            continue
+        paths += chunk.paths
+        if adapt_bn:  # statistics of all the cells first, then the scores
+            pixels.append(chunk.pixels)
+            continue
+        probs.append(predict_proba(model, chunk.pixels))
         if nets:
-            feats.append(_features(nets, pixels, size, batch_size))
-    p = np.concatenate(probs).astype(float)
-    corrected = (neighbour_correction(p, np.concatenate(feats), neighbours)
-                 if neighbours else None)
+            feats.append(_features(nets, chunk.pixels, size, batch_size))
+    adapted, adapt_note = 0, ""
+    if adapt_bn and pixels:
+        cells = np.concatenate(pixels)
+        if len(cells) < MIN_CELLS:
+            adapt_note = (f"--adapt-bn: {len(cells)} cells, fewer than {MIN_CELLS}: scored with "
+                          f"the model's own BatchNorm statistics")
+            cells_ctx: Any = contextlib.nullcontext(0)
+        else:
+            cells_ctx = adapted_batchnorm(model, cells, batch_size)
+        with cells_ctx as adapted:
+            probs.append(predict_proba(model, cells))
+            if nets:
+                feats.append(_features(nets, cells, size, batch_size))
+        if adapted == 0 and not adapt_note:
+            adapt_note = "--adapt-bn: the model has no BatchNorm layer to adapt"
+    p = np.concatenate(probs).astype(float) if probs else np.zeros(0)
+    corrected = None
+    if neighbours:
+        if len(paths) < neighbours + 1:
+            raise ValueError(f"--neighbours {neighbours}: the neighbour correction needs at "
+                             f"least K + 1 = {neighbours + 1} cells, and {len(paths)} of the "
+                             f"{len(files)} images could be scored ({len(unreadable)} "
+                             f"unreadable, {len(no_cell)} with no cell); use a smaller K")
+        corrected = neighbour_correction(p, np.concatenate(feats), neighbours)
     decision = decide(p if corrected is None else corrected, rule)
-    return BatchPrediction(files, p, corrected, decision, neighbours)
+    return BatchPrediction(files, paths, p, corrected, decision, neighbours, unreadable,
+                           no_cell, notes, adapted, adapt_note)
 
 
 def model_features(model: Any, images: np.ndarray, batch_size: int = 64) -> np.ndarray:

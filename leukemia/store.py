@@ -19,6 +19,7 @@ a store.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -27,7 +28,7 @@ import sys
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -166,19 +167,87 @@ def decode_image(path: str, size: int, crop: str | bool = DEFAULT_CROP,
     Raises:
         ValueError: the file is unreadable, truncated or not an image.
     """
-    img = _decode_rgb(path, raw)
+    img = read_frame(path, raw).rgb
     h, w = img.shape[:2]
     return preprocess_frame(img, size, crop, window), h, w
 
 
-def _decode_rgb(path: str, raw: bytes | None = None) -> np.ndarray:
+UNREADABLE = "not a readable image (truncated, corrupt or not an image file)"
+GRAYSCALE_NOTE = "grayscale: its one channel copied to R, G and B"
+
+
+@dataclass(frozen=True)
+class Frame:
+    """An image file decoded to RGB uint8, and what its conversion did (one note each)."""
+
+    rgb: np.ndarray  # (h, w, 3) uint8
+    notes: tuple[str, ...] = ()
+
+
+def read_frame(path: str, raw: bytes | None = None) -> Frame:
+    """Read an image file as RGB uint8, converting as ingest and predict both do.
+
+    8-bit colour is read as it is (alpha dropped); grayscale has its channel copied to R, G
+    and B; 16 bits per channel keep the high byte (``value >> 8``, as OpenCV reads a 16-bit
+    PNG as colour). Each conversion but the alpha's adds a note.
+
+    Raises:
+        ValueError: unreadable, truncated, not an image, or samples that are neither 8- nor
+            16-bit integers (floating-point TIFFs).
+        OSError: the file cannot be opened.
+    """
     import cv2  # heavy import kept out of module import time
 
     data = np.frombuffer(raw, np.uint8) if raw is not None else np.fromfile(path, np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    # ANYDEPTH|ANYCOLOR: the file's own depth and channels (so a conversion can be noted),
+    # alpha dropped and EXIF orientation applied as IMREAD_COLOR does
+    img = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR) if data.size else None
     if img is None:
-        raise ValueError("not a readable image (truncated, corrupt or not an image file)")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)  # OpenCV decodes BGR; the store holds RGB
+        raise ValueError(UNREADABLE)
+    notes = []
+    if img.dtype == np.uint16:
+        top = int(img.max())
+        notes.append(f"16-bit: scaled to 8 bits (value >> 8; its brightest value {top} "
+                     f"became {top >> 8})")
+        img = np.right_shift(img, 8).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise ValueError(f"{img.dtype} samples: only 8- and 16-bit images are read; save it "
+                         "as an 8-bit RGB PNG or BMP")
+    if img.ndim == 2:
+        notes.append(GRAYSCALE_NOTE)
+        return Frame(np.ascontiguousarray(np.repeat(img[:, :, None], 3, axis=2)), tuple(notes))
+    return Frame(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), tuple(notes))  # OpenCV decodes BGR
+
+
+# Cell or not: the foreground (pixels with a channel above the crops' floor of 10) of each of
+# the 3,739 real C-NMC cells in cnmc-real and cnmc-dev is one piece of 7,949-50,511 px
+# (median 33,615), 4-25% of its 450 px frame (PERFORMANCE.md gives the command).
+CELL_PIXELS = (2_000, 200_000)  # a quarter of the smallest cell to four times the largest
+CELL_MAX_COVER = 0.9  # a frame fuller than this has no black background: not a segmented cell
+
+
+def no_cell_reason(img: np.ndarray, threshold: int = 10) -> str | None:
+    """Why an RGB frame holds no cell like the training ones, or None when it holds one.
+
+    The cell is what the crops segment: pixels with a channel above ``threshold``. A frame
+    with none (all black), one whose foreground covers more than :data:`CELL_MAX_COVER` of it
+    (no black background: random noise, a photograph), or a foreground outside
+    :data:`CELL_PIXELS` is not a cell.
+    """
+    # channel by channel: 20x faster than img.max(axis=2) (0.37 vs 7 ms on a 450 px frame)
+    n = int(np.count_nonzero(np.maximum(np.maximum(img[..., 0], img[..., 1]), img[..., 2])
+                             > threshold))
+    lo, hi = CELL_PIXELS
+    if n == 0:
+        return f"no cell found: no pixel above the black background (> {threshold})"
+    cover = n / (img.shape[0] * img.shape[1])
+    if cover > CELL_MAX_COVER:
+        return (f"no cell found: the foreground covers {cover:.0%} of the frame (a segmented "
+                f"cell lies on a black background; the training cells cover 4-25%)")
+    if not lo <= n <= hi:
+        return (f"no cell found: {n:,} px of foreground, outside {lo:,}-{hi:,} (the training "
+                "cells hold 7,949-50,511 px)")
+    return None
 
 
 def _decode_task(args: tuple[str, int, str, int | None]
@@ -187,7 +256,10 @@ def _decode_task(args: tuple[str, int, str, int | None]
     try:
         raw = Path(path).read_bytes()
         sha = hashlib.sha256(raw).hexdigest()
-        img = _decode_rgb(path, raw)
+        frame = read_frame(path, raw)
+        img = frame.rgb
+        for note in frame.notes:
+            log.warning("%s: %s", path, note)
         # duplicates are judged by decoded pixels: one cell re-saved has other file bytes
         pixels_sha = hashlib.sha256(np.ascontiguousarray(img).tobytes()).hexdigest()
         pixels = preprocess_frame(img, size, crop, window)
@@ -565,12 +637,14 @@ class Store:
         return str(self.manifest["content_checksum"])
 
     def load(self, split: str | None = dataset.TRAINING,
-             folds: Sequence[int] | None = None) -> Selection:
+             folds: Sequence[int] | None = None, *, pixels: bool = True) -> Selection:
         """Load a split (and, for training, some folds) into numpy arrays.
 
         Args:
             split: ``"training"``, ``"validation"``, or None for every image in the store.
             folds: training folds to keep (default: all).
+            pixels: False reads the metadata only (milliseconds): ``images`` is then an empty
+                ``(n, 0, 0, 3)`` array.
 
         Raises:
             StoreError: the selection is empty.
@@ -582,7 +656,8 @@ class Store:
             filters.append(("fold", "in", [int(f) for f in folds]))
         with self.fs.open_input_file(f"{self.path}/{self.data_file}") as fh:
             # rows are ordered by split and fold, so row-group statistics skip the rest
-            table = pq.read_table(fh, filters=filters or None, columns=[*_META, "image"])
+            table = pq.read_table(fh, filters=filters or None,
+                                  columns=[*_META, "image"] if pixels else list(_META))
         if table.num_rows == 0:
             raise StoreError(f"{self.uri}: no images with split={split!r} folds={folds}; "
                              f"the store has {self.manifest['splits']} and folds "
@@ -591,17 +666,164 @@ class Store:
 
     def _to_selection(self, table: pa.Table) -> Selection:
         s = self.image_size
-        col = table.column("image").combine_chunks()
-        buf = col.buffers()[1]
-        start = col.offset * s * s * 3
-        images = np.frombuffer(buf, dtype=np.uint8, count=len(col) * s * s * 3, offset=start)
+        if "image" in table.column_names:
+            images = _pixels(table.column("image").combine_chunks(), s)
+        else:
+            images = np.empty((table.num_rows, 0, 0, 3), np.uint8)
         return Selection(
-            images=images.reshape(len(col), s, s, 3),
+            images=images,
             labels=table.column("label").to_numpy().astype(np.int8),
             patient_ids=np.asarray(table.column("patient_id").to_pylist(), dtype=str),
             image_ids=np.asarray(table.column("image_id").to_pylist(), dtype=str),
             folds=table.column("fold").fill_null(-1).to_numpy().astype(np.int8),
         )
+
+
+def _pixels(col: pa.Array, size: int) -> np.ndarray:
+    """The ``(n, size, size, 3)`` uint8 view (no copy) of a ``fixed_size_binary`` image column."""
+    n, nbytes = len(col), size * size * 3
+    if n == 0:
+        return np.empty((0, size, size, 3), np.uint8)
+    return np.frombuffer(col.buffers()[1], dtype=np.uint8, count=n * nbytes,
+                         offset=col.offset * nbytes).reshape(n, size, size, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# One decoded copy per node
+
+DECODED_VERSION = 1  # layout of the decoded file; a file of another version is rebuilt
+_DECODED_KEY = b"cnmc_decoded"
+
+
+def shared_selections(path: str | Path, tag: str,
+                      build: Callable[[], Sequence[Selection]]) -> list[Selection]:
+    """Selections memory-mapped read-only from one decoded file that every process shares.
+
+    The file at ``path`` (node-local disk) is an uncompressed Arrow IPC file holding each
+    selection ``build`` returns as one record batch, so each comes back as one contiguous
+    block of the mapping: no copy, and every process that maps it shares one copy of the
+    pixels in the page cache instead of decoding its own. The first caller builds it (e.g.
+    ``Store.load``) and writes it under a temporary name renamed into place, holding the lock
+    ``<path>.lock`` meanwhile: concurrent first callers wait for that one build. A file that
+    does not open as a whole Arrow IPC file (truncated, overwritten), or records another
+    ``tag`` (what was built, e.g. the store's checksum and the split) or version, is rebuilt.
+    The file is not hashed on every open (a second per GB for each process): the atomic
+    write is what keeps it whole.
+
+    Args:
+        path: the decoded file.
+        tag: what the file must hold; a file recording another tag is rebuilt.
+        build: makes the selections when the file is missing or stale (in this process).
+
+    Returns:
+        The selections, in ``build``'s order, with read-only ``images`` (``build``'s own, in
+        this process's memory, when the cache folder cannot be written: a warning says so).
+    """
+    path = Path(path)
+    try:
+        return _map_decoded(path, tag)
+    except FileNotFoundError:
+        pass
+    except StoreError as e:
+        log.warning("%s; rebuilding it", e)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(f"{path}.lock", "a")
+    except OSError as e:
+        log.warning("cannot use %s (%s): this process keeps its own decoded copy", path, e)
+        return list(build())
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released on close, or when this process dies
+        try:
+            return _map_decoded(path, tag)  # another process built it while this one waited
+        except (FileNotFoundError, StoreError):
+            pass
+        for tmp in path.parent.glob(f"{path.name}.tmp-*"):  # left by a killed writer
+            tmp.unlink(missing_ok=True)
+        t0 = time.monotonic()
+        sections = build()
+        try:
+            _write_decoded(path, tag, sections)
+        except OSError as e:  # a full or read-only cache disk: train as before, unshared
+            log.warning("cannot write %s (%s): this process keeps its own decoded copy", path,
+                        e)
+            return list(sections)
+        del sections
+        pa.default_memory_pool().release_unused()  # the decoded copy is in the file now
+        log.info("wrote the decoded selections %s (%.1f MB) in %.1f s", path,
+                 path.stat().st_size / 1e6, time.monotonic() - t0)
+    return _map_decoded(path, tag)
+
+
+def _decoded_schema(size: int, meta: dict[str, Any]) -> pa.Schema:
+    return pa.schema([("image", pa.binary(size * size * 3)), ("label", pa.int8()),
+                      ("patient_id", pa.string()), ("image_id", pa.string()),
+                      ("fold", pa.int8())], metadata={_DECODED_KEY: json.dumps(meta)})
+
+
+def _write_decoded(path: Path, tag: str, sections: Sequence[Selection]) -> None:
+    """Write ``sections`` as the record batches of an uncompressed Arrow IPC file, atomically.
+
+    Not fsynced: a file a crash left incomplete fails :func:`_map_decoded`'s checks and is
+    rebuilt."""
+    if not sections:
+        raise ValueError("no selections to write")
+    size = int(sections[0].images.shape[1])
+    meta = {"version": DECODED_VERSION, "tag": tag, "image_size": size,
+            "rows": [len(s) for s in sections]}
+    schema = _decoded_schema(size, meta)
+    tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+            for sel in sections:
+                images = np.ascontiguousarray(sel.images)
+                assert images.shape[1:] == (size, size, 3), images.shape
+                col = pa.Array.from_buffers(schema.field("image").type, len(sel),
+                                            [None, pa.py_buffer(images)])
+                writer.write_batch(pa.record_batch(
+                    [col, pa.array(sel.labels, pa.int8()),
+                     pa.array(sel.patient_ids.tolist(), pa.string()),
+                     pa.array(sel.image_ids.tolist(), pa.string()),
+                     pa.array(sel.folds, pa.int8())], schema=schema))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _map_decoded(path: Path, tag: str) -> list[Selection]:
+    """Map a decoded file.
+
+    Raises:
+        FileNotFoundError: there is none.
+        StoreError: it is not a whole decoded file, or holds something other than ``tag``.
+    """
+    try:
+        with pa.memory_map(str(path), "r") as source:  # the buffers keep the mapping alive
+            reader = pa.ipc.open_file(source)
+            meta = json.loads((reader.schema.metadata or {})[_DECODED_KEY])
+            batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+            for b in batches:
+                b.validate()  # buffer sizes against the lengths: cheap, reads no pixels
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError, KeyError, ValueError) as e:
+        raise StoreError(f"{path}: not a whole decoded file ({type(e).__name__}: {e})") from e
+    if meta.get("version") != DECODED_VERSION or meta.get("tag") != tag:
+        raise StoreError(f"{path}: holds {meta.get('tag')!r} (version {meta.get('version')}), "
+                         f"not {tag!r} (version {DECODED_VERSION})")
+    size = int(meta["image_size"])
+    if (reader.schema.remove_metadata() != _decoded_schema(size, {}).remove_metadata()
+            or [b.num_rows for b in batches] != meta["rows"]):
+        raise StoreError(f"{path}: its columns or row counts are not the ones recorded "
+                         f"({meta['rows']})")
+    return [Selection(
+        images=_pixels(b.column("image"), size),
+        labels=b.column("label").to_numpy().astype(np.int8),
+        patient_ids=np.asarray(b.column("patient_id").to_pylist(), dtype=str),
+        image_ids=np.asarray(b.column("image_id").to_pylist(), dtype=str),
+        folds=b.column("fold").to_numpy().astype(np.int8),
+    ) for b in batches]
 
 
 def crop_text(manifest: dict[str, Any]) -> str:

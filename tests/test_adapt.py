@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from leukemia.adapt import adapted_batchnorm, batchnorm_layers
+from leukemia.adapt import MIN_CELLS, adapted_batchnorm, batchnorm_layers
 from leukemia.models import create_backbone, export_model
 from leukemia.train import predict_proba
 
@@ -76,3 +76,63 @@ def test_the_exported_ensemble_adapts_every_member(members):
     nets = [create_backbone("small_cnn", image_size=32) for _ in range(members)]
     model = export_model(nets, crop="none", window=None)
     assert len(batchnorm_layers(model)) == 4 * members
+
+
+# ---------------------------------------------------------------------------------------------
+# leukemia predict --adapt-bn, on real cells
+
+
+def _export(path, seed: int = 0):
+    import keras
+
+    from leukemia.train import save_model
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+    save_model(export_model([create_backbone("small_cnn", image_size=32)], crop="cell",
+                            window=None, tta=True), path)
+    return path
+
+
+def _scores(capsys, argv):
+    from leukemia.cli import main
+
+    capsys.readouterr()
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    return np.array([float(line.split("\t")[1]) for line in out.out.strip().splitlines()]), out.err
+
+
+@pytest.fixture(scope="module")
+def many_cells(real_data):
+    files = sorted((real_data / "C-NMC_Leukemia" / "training_data").rglob("*.bmp"))
+    assert len(files) >= MIN_CELLS + 10, len(files)
+    return files[:MIN_CELLS + 10]
+
+
+def test_predict_adapt_bn_scores_with_the_pooled_cells_statistics(tmp_path, capsys, many_cells):
+    from leukemia.models import load_model
+    from leukemia.store import decode_image
+
+    path = _export(tmp_path / "m.keras")
+    plain, _ = _scores(capsys, ["predict", str(path), *map(str, many_cells)])
+    adapted, err = _scores(capsys, ["predict", str(path), *map(str, many_cells), "--adapt-bn"])
+    assert "BatchNorm layers' statistics re-estimated on these 110 cells (transductive)" in err
+    model = load_model(str(path))
+    pixels = np.stack([decode_image(str(f), 32, "cell")[0] for f in many_cells])
+    with adapted_batchnorm(model, pixels) as n:
+        assert n == 4
+        expected = predict_proba(model, pixels)
+    np.testing.assert_allclose(adapted, expected, atol=2e-4)  # printed to 4 decimals
+    np.testing.assert_allclose(plain, predict_proba(model, pixels), atol=2e-4)
+    assert np.abs(adapted - plain).max() > 0.01
+
+
+def test_predict_adapt_bn_below_the_minimum_keeps_the_models_statistics(tmp_path, capsys,
+                                                                        many_cells):
+    path = _export(tmp_path / "m.keras")
+    few = list(map(str, many_cells[:12]))
+    plain, _ = _scores(capsys, ["predict", str(path), *few])
+    adapted, err = _scores(capsys, ["predict", str(path), *few, "--adapt-bn"])
+    assert f"--adapt-bn: 12 cells, fewer than {MIN_CELLS}" in err
+    np.testing.assert_array_equal(adapted, plain)
