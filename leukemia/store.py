@@ -15,6 +15,9 @@ a local or shared filesystem under a temporary name renamed into place when comp
 object store (which cannot rename a folder) as a new uniquely named data file committed by
 writing ``manifest.json`` (one atomic PUT) that points at it. A folder without a manifest is not
 a store.
+
+Processes on one machine share one decoded copy of a selection through
+:func:`shared_selections`: an uncompressed Arrow IPC file written once, memory-mapped by each.
 """
 
 from __future__ import annotations

@@ -6,6 +6,12 @@ trials on the node (in any worker process) open the local copy. Concurrent trial
 are serialised by a file lock, and the copy is renamed into place only when complete. Local and
 shared-filesystem paths (NFS/EFS) are used as they are: the kernel's page cache already makes
 repeated reads cheap. Each download appends a line to ``downloads.log`` in the cache folder.
+
+The decoded selection a trial trains on is kept once per node too, as an uncompressed file
+under ``$CNMC_CACHE/decoded/`` (:func:`decoded_path`) that every trial worker on the node
+memory-maps (``leukemia.store.shared_selections``): the workers share one copy of the pixels
+instead of holding one each. Each is as large as the decoded images (about 150 KB a cell at
+224 px); delete the folder to reclaim the space.
 """
 
 from __future__ import annotations
@@ -59,3 +65,9 @@ def local_store(uri: str) -> str:
             log.write(f"{time.time():.0f}\t{socket.gethostname()}\t{uri}\t{checksum}\t{size}\t"
                       f"{time.monotonic() - t0:.2f}\n")
     return str(dest)
+
+
+def decoded_path(checksum: str, val_fold: int | None) -> Path:
+    """The node-local decoded file of a store's training split held out at ``val_fold``."""
+    fold = "all" if val_fold is None else str(val_fold)
+    return cache_root() / "decoded" / f"{checksum}-val{fold}.arrow"

@@ -1,7 +1,9 @@
 """One search trial: sampled parameters -> ``leukemia.train.fit`` -> ``ray.tune.report``.
 
 Runs inside a Ray worker process. With ``reuse_actors`` one process runs many trials, so the
-store's arrays are loaded once per process and kept (keyed by the store's content checksum).
+store's arrays are loaded once per process and kept (keyed by the store's content checksum);
+they are memory-mapped from one decoded file per node (``search.cache.decoded_path``), so the
+trial workers of a node share one copy of the pixels.
 Every epoch reports the held-out fold's metrics, the search's :func:`objective`, ``constant``
 (:func:`is_constant`) and a checkpoint (the whole ``.keras`` model, optimizer state included); a
 restarted trial resumes from its last checkpoint. A NaN/inf loss fails the trial with a clear
@@ -116,20 +118,47 @@ def load_plugins(paths: list[str]) -> None:
 
 
 def _data(store_uri: str, val_fold: int | None) -> Any:
-    from leukemia.store import Store
+    """The ``(train, val)`` selections of a trial: mapped from the node's one decoded copy."""
+    from leukemia.config import TrainConfig
+    from leukemia.store import Store, shared_selections
     from leukemia.train import load_split
-    from search.cache import local_store
+    from search.cache import decoded_path, local_store
 
     global _STORE_READS
     store = Store(local_store(store_uri))
     key = (store.checksum, val_fold)
     if key not in _DATA:
         _DATA.clear()  # one selection per process at a time: memory stays bounded
-        from leukemia.config import TrainConfig
 
-        _DATA[key] = load_split(store, TrainConfig(val_fold=val_fold))
+        def build() -> list[Any]:
+            train, val = load_split(store, TrainConfig(val_fold=val_fold))
+            return [train] if val is None else [train, val]
+
+        # train then val: each one contiguous block of the file, so neither is ever copied
+        parts = shared_selections(decoded_path(store.checksum, val_fold),
+                                  _split_tag(store, val_fold), build)
+        _DATA[key] = (parts[0], parts[1] if len(parts) > 1 else None)
         _STORE_READS += 1
     return _DATA[key]
+
+
+def _split_tag(store: Any, val_fold: int | None) -> str:
+    """What the decoded file must hold: the store, the fold, and the image ids of the split
+    ``load_split`` makes today (from the store's metadata alone), so a file written by code
+    that split the folds otherwise is rebuilt, not trained on."""
+    import hashlib
+
+    import numpy as np
+
+    from leukemia.train import cv_folds
+
+    index = store.load("training", pixels=False)
+    folds = cv_folds(index.patient_ids, index.labels, index.folds)
+    held = folds == val_fold if val_fold is not None else np.zeros(len(folds), bool)
+    ids = hashlib.sha256()
+    for part in (index.image_ids[~held], index.image_ids[held]):
+        ids.update(("\n".join(part.tolist()) + "\0").encode())
+    return f"{store.checksum} training val_fold={val_fold} ids={ids.hexdigest()[:16]}"
 
 
 def _numeric(metrics: dict[str, Any]) -> dict[str, Any]:

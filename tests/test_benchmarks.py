@@ -25,6 +25,7 @@ HEADLINES = {
     "gpu_packing.py": r"^(ratio: \d+(\.\d+)?|skipped: no NVIDIA GPU.*)$",
     "selection.py": r"^best: (wf1_at_0\.5|wf1_at_best_threshold|roc_auc)$",
     "scratch.py": r"^ratio: \d+(\.\d+)?$",
+    "store_memory.py": r"^ratio: \d+(\.\d+)?$",
 }
 
 
