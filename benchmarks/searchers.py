@@ -35,12 +35,12 @@ last the headline ratio: the budget ``ours`` needs over what ``optuna+asha`` nee
     python benchmarks/searchers.py                   # 20 seeds, 576 trial-epochs (~5 min)
     python benchmarks/searchers.py --quick           # CI: 3 seeds, 96 trial-epochs (~1 min)
     python benchmarks/searchers.py --sweep --plot benchmarks/data/searchers.svg   # ~15 min
+    python benchmarks/searchers.py --bench lcbench   # the same searches on YAHPO Gym's LCBench
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import math
 import os
 import statistics
@@ -65,12 +65,17 @@ from search.trainable import OBJECTIVE, objective  # noqa: E402
 
 KEYS = tuple(GRID)
 REPORTED = ("val_weighted_f1", "val_roc_auc", "val_sensitivity", "val_specificity", "val_loss")
-METHODS = ("ours", "optuna+asha", "random+asha", "tpe-full", "optuna-sha", "optuna-hb")
+METHODS = ("ours", "optuna+asha", "random+asha", "tpe-full", "optuna-sha", "optuna-hb",
+           "ours-bohb", "ours-weighted")
+RUNG_RULES = {"ours-bohb": "bohb", "ours-weighted": "weighted"}  # ours + search.searcher's
+# RungTPESampler (TPE fitted on one of ASHA's rungs)
 BASELINE = "optuna+asha"
 ANY_EPOCH = "ours, any-epoch pick"
 STOCK_COMPLETE = "optuna+asha, ours' pick"
 COLOURS = {"ours": "#d62728", "optuna+asha": "#1f77b4", "random+asha": "#7f7f7f",
-           "tpe-full": "#2ca02c", "optuna-sha": "#9467bd", "optuna-hb": "#ff7f0e"}
+           "tpe-full": "#2ca02c", "optuna-sha": "#9467bd", "optuna-hb": "#ff7f0e",
+           "ours-bohb": "#e377c2", "ours-weighted": "#17becf", "bohb": "#bcbd22",
+           "random-full": "#8c564b", "one-epoch": "#393b79"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,6 +99,22 @@ class Table:
 
     def config_id(self, params: dict[str, Any]) -> int:
         return self.index[tuple(params[k] for k in KEYS)]
+
+    def define(self, trial: Any) -> None:
+        """The space, define-by-run (Optuna and OptunaSearch)."""
+        define_space(trial, self.values)
+
+    def random_space(self) -> dict[str, Any]:
+        """The space as Ray Tune distributions (random search, TuneBOHB)."""
+        from ray import tune
+
+        return {k: tune.choice(v) for k, v in self.values.items()}
+
+    def trainable(self) -> Any:
+        """The Ray trainable that replays a configuration's curve."""
+        from ray import tune
+
+        return tune.with_parameters(replay, table=self)
 
 
 def _typed(key: str, text: str) -> Any:
@@ -192,7 +213,7 @@ def ray_run(method: str, seed: int, budget: int, table: Table, grace: int, rf: i
     from ray.tune.search.basic_variant import BasicVariantGenerator
     from ray.tune.search.optuna import OptunaSearch
 
-    from search.searcher import FidelityAwareOptunaSearch
+    from search.searcher import FidelityAwareOptunaSearch, RungTPESampler
 
     run = Run()
     spent = _Budget(budget)
@@ -219,23 +240,37 @@ def ray_run(method: str, seed: int, budget: int, table: Table, grace: int, rf: i
         def stop_all(self) -> bool:
             return getattr(self, "done", False)
 
-    space = functools.partial(define_space, values=table.values)
+    space = table.define
     param_space: dict[str, Any] = {}
-    if method == "random+asha":
+    if method in ("random+asha", "random-full"):
         searcher: Any = BasicVariantGenerator(random_state=seed, max_concurrent=1)
-        param_space = {k: tune.choice(v) for k, v in table.values.items()}
-    elif method == "ours":
-        searcher = FidelityAwareOptunaSearch(
-            space=space, metric=OBJECTIVE, mode="max", max_t=table.max_t,
-            sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup))
+        param_space = table.random_space()
+    elif method == "bohb":
+        from ray.tune.search.bohb import TuneBOHB
+
+        searcher = TuneBOHB(seed=seed)
+        param_space = table.random_space()
+    elif method.startswith("ours"):
+        rule = RUNG_RULES.get(method)
+        sampler = (RungTPESampler(rule=rule, seed=seed, n_startup_trials=startup) if rule else
+                   optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup))
+        searcher = FidelityAwareOptunaSearch(space=space, metric=OBJECTIVE, mode="max",
+                                             max_t=table.max_t, sampler=sampler)
     else:
         searcher = OptunaSearch(space=space, metric=OBJECTIVE, mode="max",
                                 sampler=optuna.samplers.TPESampler(seed=seed))
-    scheduler = (FIFOScheduler() if method == "tpe-full" else
-                 ASHAScheduler(time_attr="training_iteration", max_t=table.max_t,
-                               grace_period=grace, reduction_factor=rf))
+    if method in ("tpe-full", "random-full"):
+        scheduler: Any = FIFOScheduler()
+    elif method == "bohb":
+        from ray.tune.schedulers import HyperBandForBOHB
+
+        scheduler = HyperBandForBOHB(time_attr="training_iteration", max_t=table.max_t,
+                                     reduction_factor=rf)
+    else:
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=table.max_t,
+                                  grace_period=grace, reduction_factor=rf)
     tuner = tune.Tuner(
-        tune.with_parameters(replay, table=table), param_space=param_space,
+        table.trainable(), param_space=param_space,
         tune_config=tune.TuneConfig(metric=OBJECTIVE, mode="max", search_alg=searcher,
                                     scheduler=scheduler, num_samples=budget,
                                     max_concurrent_trials=1, reuse_actors=True),
@@ -263,7 +298,7 @@ def optuna_run(method: str, seed: int, budget: int, table: Table, grace: int, rf
     run, spent = Run(), _Budget(budget)
 
     def trial_fn(trial: optuna.Trial) -> float:
-        define_space(trial, table.values)
+        table.define(trial)
         cid = table.config_id(trial.params)
         curve = table.curves[cid]
         for epoch, m in enumerate(curve, 1):
@@ -338,7 +373,8 @@ PICKS: dict[str, Callable[[Table, Trials], int | None]] = {
     "any-epoch": _pick_any_epoch, "last": _pick_last, "complete": _pick_complete,
     "search": _pick_search}
 PICK = {"ours": "search", "optuna+asha": "last", "random+asha": "last", "tpe-full": "last",
-        "optuna-sha": "complete", "optuna-hb": "complete"}
+        "optuna-sha": "complete", "optuna-hb": "complete", "ours-bohb": "search",
+        "ours-weighted": "search", "bohb": "last", "random-full": "last", "one-epoch": "complete"}
 
 
 def trajectory(table: Table, run: Run, pick: str) -> list[tuple[int, float, float]]:
@@ -446,10 +482,23 @@ def start_ray() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--bench", choices=("table", "lcbench"), default="table",
+                   help="the stored table of real curves, or YAHPO Gym's LCBench surrogate "
+                   "(benchmarks/lcbench_searchers.py)")
     p.add_argument("--table", default=str(TABLE))
-    p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--seeds", type=int, default=20)
-    p.add_argument("--budget", type=int, default=576, help="trial-epochs per search")
+    p.add_argument("--methods", default=None, help="comma-separated (default: all)")
+    p.add_argument("--seeds", type=int, default=None, help="table 20, lcbench 8")
+    p.add_argument("--budget", type=int, default=None,
+                   help="trial-epochs per search (table 576, lcbench 1000)")
+    p.add_argument("--tasks", default=None, help="lcbench: OpenML task ids (the paper's three)")
+    p.add_argument("--paper", action="store_true",
+                   help="lcbench: the YAHPO Gym paper's 6,544 epochs and 30 seeds")
+    p.add_argument("--save", default=None, help="lcbench: pickle the runs here")
+    p.add_argument("--load", default=None,
+                   help="lcbench: report the runs pickled by --save (comma-separated files)")
+    p.add_argument("--target-quantile", type=float, default=0.01,
+                   help="lcbench: the target is the regret of this best share of random "
+                   "configurations, per task")
     p.add_argument("--grace-period", type=int, default=2, help="ASHA / pruners (all methods)")
     p.add_argument("--reduction-factor", type=int, default=4, help="ASHA / pruners")
     p.add_argument("--startup", type=int, default=10, help="ours: TPE's random start-up trials")
@@ -459,8 +508,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", default=None, help="write the regret curves as SVG here")
     p.add_argument("--quick", action="store_true", help="CI: 3 seeds, 96 trial-epochs")
     args = p.parse_args(argv)
+    if args.bench == "lcbench":
+        from lcbench_searchers import run_lcbench
+
+        return run_lcbench(args)
     if args.quick:
         args.seeds, args.budget = 3, 96
+    args.seeds, args.budget = args.seeds or 20, args.budget or 576
+    args.methods = args.methods or ",".join(METHODS)
     rows = plan(args)
 
     import optuna

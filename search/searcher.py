@@ -13,19 +13,29 @@ includes 1; see PERFORMANCE.md). TPE ranks trials by the rung they reached first
 score there second. It also names the objective
 (``set_metric_names``) and leaves on each Optuna trial what optuna-dashboard should show: the Ray
 trial id, the epochs run, the held-out AUC / sensitivity / specificity at the best epoch and the
-node. ``benchmarks/searchers.py`` measures it against Ray's stock searchers on real curves.
+node. ``benchmarks/searchers.py`` measures it against Ray's stock searchers on real curves and
+(``--bench lcbench``) on YAHPO Gym's LCBench surrogate.
+
+:class:`RungTPESampler` is a TPE that fits its model on one of ASHA's rungs, every trial's value
+there counting whether ASHA stopped it or not (BOHB's rule, or rungs weighted by how well they
+rank as the top one does). It is measured beside the default (plain ``TPESampler``) as
+``ours-bohb`` / ``ours-weighted``; it is not the search's default (see PERFORMANCE.md).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
+import random
 import shutil
 import sys
 import time
 import warnings
 from typing import Any
 
-from optuna.trial import TrialState
+from optuna.samplers import TPESampler
+from optuna.trial import FrozenTrial, TrialState
 from ray.tune import Callback, Stopper
 from ray.tune.search.optuna import OptunaSearch
 
@@ -122,6 +132,112 @@ class FidelityAwareOptunaSearch(OptunaSearch):
         except Exception as e:  # e.g. a NaN value: Optuna refuses it; the search goes on
             log.warning("could not record trial %s in the study: %s", trial_id, e)
         self._completed_trials.add(trial_id)
+
+
+class RungTPESampler(TPESampler):
+    """TPE fitted on one of ASHA's rungs, with every trial's value at that rung, stopped or not.
+
+    Stock TPE ranks COMPLETE trials first: once a few trials ran the whole budget, every trial
+    ASHA stopped lands in the "bad" set and the low-fidelity ranking ASHA paid for is lost. This
+    sampler builds the good/bad split on a single fidelity instead: each trial that reached a
+    step (its intermediate value there, or its COMPLETE value at its last step) counts as
+    COMPLETE with that value, whatever happened to it later.
+
+    Rules (``rule``):
+
+    - ``"bohb"`` (Falkner et al. 2018): the highest step that at least ``min_points`` trials
+      reached. Trials stop at ASHA's rungs, so that is the highest rung with enough data.
+    - ``"weighted"`` (after Hyper-Tune, Li et al. 2022): every step with ``min_points`` trials
+      is a candidate; each suggestion draws one, the highest with weight 1 and each lower one
+      with the Kendall tau (clipped at 0) between its ranking and the highest one's over the
+      trials seen at both (0 when fewer than 3 are). A lower rung that orders trials as the top
+      one does lends its larger sample; one that does not is ignored.
+
+    Until no step has ``min_points`` trials this is plain TPE (random start-up first).
+
+    Args:
+        rule: ``"bohb"`` or ``"weighted"``.
+        min_points: observations a rung needs (default: ``n_startup_trials``, at least the
+            number of parameters + 1, as BOHB's ``min_points_in_model``).
+        **kwargs: as ``TPESampler``.
+    """
+
+    RULES = ("bohb", "weighted")
+
+    def __init__(self, rule: str = "bohb", min_points: int | None = None,
+                 **kwargs: Any) -> None:
+        if rule not in self.RULES:
+            raise ValueError(f"RungTPESampler(rule={rule!r}): known rules are {self.RULES}")
+        super().__init__(**kwargs)
+        self.rule, self.min_points = rule, min_points
+        self._pick = random.Random(kwargs.get("seed"))
+
+    def _sample(self, study: Any, trial: FrozenTrial, search_space: dict[str, Any]
+                ) -> dict[str, Any]:
+        done = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,
+                                                         TrialState.PRUNED), use_cache=False)
+        need = self.min_points or max(self._n_startup_trials, len(search_space) + 1)
+        at = _rung_values(done)
+        rungs = sorted((s for s, v in at.items() if len(v) >= need), reverse=True)
+        if not rungs:
+            return super()._sample(study, trial, search_space)
+        step = rungs[0]
+        if self.rule == "weighted" and len(rungs) > 1:
+            weights = [1.0] + [max(_kendall(at[s], at[step]), 0.0) for s in rungs[1:]]
+            step = self._pick.choices(rungs, weights=weights)[0]
+        view = []
+        for t in done:
+            if t.number in at[step]:
+                c = copy.copy(t)
+                c.state, c.value = TrialState.COMPLETE, at[step][t.number]
+                view.append(c)
+        return super()._sample(_RungView(study, view), trial, search_space)
+
+
+def _rung_values(trials: list[FrozenTrial]) -> dict[int, dict[int, float]]:
+    """step -> {trial number: value at that step} (a COMPLETE value counts at the last step)."""
+    at: dict[int, dict[int, float]] = {}
+    for t in trials:
+        values = {s: v for s, v in t.intermediate_values.items() if not math.isnan(v)}
+        if t.state == TrialState.COMPLETE and t.value is not None:
+            # FidelityAwareOptunaSearch leaves the epochs run (its last step is never reported);
+            # Optuna's own loop reports the last step, whose value is the COMPLETE one
+            last = t.user_attrs.get("epochs_run", t.last_step)
+            values[int(last if last is not None else 0)] = t.value
+        for s, v in values.items():
+            at.setdefault(int(s), {})[t.number] = v
+    return at
+
+
+def _kendall(a: dict[int, float], b: dict[int, float]) -> float:
+    """Kendall's tau between two rankings over their common keys (0 with fewer than 3)."""
+    keys = [k for k in a if k in b]
+    if len(keys) < 3:
+        return 0.0
+    s = 0
+    for i, x in enumerate(keys):
+        for y in keys[i + 1:]:
+            s += (1 if (a[x] - a[y]) * (b[x] - b[y]) > 0 else
+                  -1 if (a[x] - a[y]) * (b[x] - b[y]) < 0 else 0)
+    return s / (len(keys) * (len(keys) - 1) / 2)
+
+
+class _RungView:
+    """A study whose finished trials are the rung view; all else is the real study's."""
+
+    def __init__(self, study: Any, trials: list[FrozenTrial]) -> None:
+        self._study, self._trials = study, trials
+
+    def _get_trials(self, deepcopy: bool = False, states: Any = None,
+                    use_cache: bool = False) -> list[FrozenTrial]:
+        keep = [t for t in self._trials if states is None or t.state in states]
+        if states is not None and TrialState.RUNNING in states:  # constant liar's pending trials
+            keep += self._study._get_trials(deepcopy=False, states=(TrialState.RUNNING,),
+                                            use_cache=False)
+        return keep
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
 
 
 class ConstantStopper(Stopper):

@@ -231,3 +231,135 @@ def test_ratio_interval_brackets_the_ratio_of_medians():
     lo, hi = searchers.ratio_interval(ours, base)
     assert lo <= 70 / 115 <= hi and 0 < lo < hi < 1
     assert searchers.ratio_interval([1.0], [float("inf")]) == (0.0, 0.0)
+
+
+def _lcbench():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import lcbench
+
+    why = lcbench.missing()
+    if why:
+        pytest.skip(f"LCBench surrogate unavailable: {why}")
+    return lcbench
+
+
+def test_lcbench_surrogate_gives_the_known_curve_and_regret():
+    lcbench = _lcbench()
+    acc, seconds = lcbench.curve("189906", lcbench.defaults())
+    assert len(acc) == len(seconds) == 50  # epochs 2..51
+    # the space's defaults on task 189906 (checked against yahpo-gym to 4 decimals, SOURCES.md)
+    assert (acc[0], acc[9], acc[-1]) == pytest.approx((20.64, 44.53, 55.37), abs=0.01)
+    assert all(s >= 0 for s in seconds)
+    table = lcbench.LCTable.for_task("189906")
+    cid = table.config_id(lcbench.defaults())
+    assert table.config_id(dict(lcbench.defaults())) == cid  # registered once
+    lo, hi = 6.412491, 93.0684  # global_statistics: the task's val_accuracy min/max
+    assert table.best - table.true[cid] == pytest.approx((hi - 55.37) / (hi - lo), abs=1e-4)
+    with pytest.raises(ValueError, match="encoding.json"):
+        lcbench.curve("1", lcbench.defaults())
+
+
+def test_lcbench_one_epoch_baseline_spends_the_budget_exactly():
+    _lcbench()
+    import lcbench
+    import lcbench_searchers
+
+    table = lcbench.LCTable.for_task("167168")
+    run = lcbench_searchers.one_epoch_run(0, 260, table)
+    assert sum(ran for _, ran, _ in run.trials) == 260
+    finished = [(c, r) for c, r, _ in run.trials if r > 1]
+    assert [r for _, r in finished] == [50, 50, 10]  # rounds of 50 one-epoch trials + a finish
+    first = [c for c, r, _ in run.trials[:50]]
+    assert finished[0][0] == max(first, key=lambda c: table.curves[c][0]["objective"])
+
+
+def _rung_study():
+    import optuna
+
+    study = optuna.create_study(direction="maximize")
+    dist = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+    for i in range(12):  # stopped at step 2, better the smaller x (step 8: better the larger)
+        x = i / 12
+        study.add_trial(optuna.trial.create_trial(
+            params={"x": x}, distributions=dist, state=optuna.trial.TrialState.PRUNED,
+            intermediate_values={1: 0.1 - x / 10, 2: 1 - x}))
+    for i in range(3):
+        x = 0.9 + i / 30
+        study.add_trial(optuna.trial.create_trial(
+            params={"x": x}, distributions=dist, value=x, user_attrs={"epochs_run": 8},
+            intermediate_values={1: 0.1 - x / 10, 2: 1 - x, 7: x}))
+    return study, dist
+
+
+def test_rung_sampler_fits_tpe_on_the_highest_rung_with_enough_trials(monkeypatch):
+    import optuna
+
+    from search.searcher import RungTPESampler, _rung_values
+
+    study, dist = _rung_study()
+    at = _rung_values(study.trials)
+    assert sorted(at) == [1, 2, 7, 8] and len(at[2]) == 15 and len(at[8]) == 3
+    seen = {}
+
+    def capture(self, view, trial, space):
+        seen["trials"] = view._get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+        return {"x": 0.5}
+
+    monkeypatch.setattr(optuna.samplers.TPESampler, "_sample", capture)
+    sampler = RungTPESampler(rule="bohb", n_startup_trials=10, seed=0)
+    sampler._sample(study, study.trials[0], dist)
+    # step 8 has 3 trials (< 10): the model is fitted on step 2, all 15 trials as COMPLETE
+    assert len(seen["trials"]) == 15
+    assert {t.number: t.value for t in seen["trials"]} == at[2]
+    sampler = RungTPESampler(rule="bohb", min_points=3, seed=0)
+    sampler._sample(study, study.trials[0], dist)
+    assert {t.number for t in seen["trials"]} == {12, 13, 14}  # the full budget has 3
+    with pytest.raises(ValueError, match="known rules"):
+        RungTPESampler(rule="hyperband")
+
+
+def test_rung_sampler_samples_where_the_rung_is_good():
+    import optuna
+
+    from search.searcher import RungTPESampler
+
+    for rule in RungTPESampler.RULES:
+        study, dist = _rung_study()
+        study.sampler = RungTPESampler(rule=rule, n_startup_trials=10, seed=1)
+        xs = []
+        for _ in range(10):
+            trial = study.ask(dist)
+            xs.append(trial.params["x"])
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        # step 2 (15 trials) ranks small x best; stock TPE would follow the 3 COMPLETE large x
+        assert sorted(xs)[5] < 0.5, (rule, xs)
+
+
+def test_kendall_tau_of_rankings():
+    from search.searcher import _kendall
+
+    assert _kendall({1: 1.0, 2: 2.0, 3: 3.0}, {1: 5.0, 2: 6.0, 3: 7.0}) == 1.0
+    assert _kendall({1: 1.0, 2: 2.0, 3: 3.0}, {1: 3.0, 2: 2.0, 3: 1.0}) == -1.0
+    assert _kendall({1: 1.0, 2: 2.0}, {1: 1.0, 2: 2.0}) == 0.0  # too few in common
+
+
+@pytest.mark.slow
+def test_searchers_lcbench_runs_in_quick_mode():
+    _lcbench()
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "searchers.py"), "--bench",
+                          "lcbench", "--quick"], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=900, start_new_session=True)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    assert re.match(r"^ratio: (<?\d+(\.\d+)?|nan)\b", lines[-2]), out.stdout
+    assert re.match(r"^90% interval is (\d+\.\d+|inf|nan)-(\d+\.\d+|inf|nan)$", lines[-1]), lines
+    pooled = lines[next(i for i, x in enumerate(lines) if x.startswith("pooled")) + 2:]
+    rows = {x.split()[0]: x.split() for x in pooled if x.strip() and x.split()[0] in
+            ("ours", "optuna+asha", "random+asha", "optuna-hb", "random-full", "one-epoch",
+             "ours-bohb")}
+    assert len(rows) == 7, out.stdout
+    for method, cells in rows.items():
+        regret = [float(v) for v in cells[1:6]]  # by budget 12 .. 200 trial-epochs
+        assert all(0 <= r <= 1 for r in regret) and regret[-1] < regret[0], (method, regret)
