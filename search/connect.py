@@ -44,6 +44,9 @@ TOKEN_FILE = "~/.ray/auth_token"
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # the launcher writes it on the head
 MONITOR_LOG = "/tmp/ray/session_latest/logs/monitor.out"  # the head's worker setup output
 AUTOSCALER_LOG = "/tmp/ray/session_latest/logs/monitor.log"  # its decisions
+# a local ray.init gives its raylet 30 s to register (fixed in Ray 2.60); on a loaded machine
+# that can pass, so the start is tried again
+LOCAL_START_TRIES = 3
 # How the autoscaler (v1) logs a node whose setup or start failed. The status it publishes lists
 # such a node only until it relaunches it; a `provider: local` node is relaunched under the
 # same IP at once, so `failed_nodes` stays empty there.
@@ -70,7 +73,31 @@ def connect(address: str | None, **init_kwargs: Any) -> None:
 
     if address not in (None, "local"):
         check_cluster(address)
-    ray.init(address=address or "local", **init_kwargs)
+        ray.init(address=address, **init_kwargs)
+        return
+    for attempt in range(1, LOCAL_START_TRIES + 1):
+        before = _children()
+        try:
+            ray.init(address="local", **init_kwargs)
+            return
+        except Exception as e:  # Ray raises a bare Exception for this
+            if "timed out during startup" not in str(e) or attempt == LOCAL_START_TRIES:
+                raise
+            for pid in _children() - before:  # what the failed start left: its GCS, raylet
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            print(f"the local Ray did not start within Ray's 30 s (a busy machine?); trying "
+                  f"again ({attempt + 1} of {LOCAL_START_TRIES})", file=sys.stderr)
+
+
+def _children() -> set[int]:
+    """This process's child processes (Linux ``/proc``; empty elsewhere)."""
+    me, kids = os.getpid(), set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == me:
+                kids.add(int(stat.parent.name))
+    return kids
 
 
 def check_cluster(address: str) -> str:

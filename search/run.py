@@ -13,11 +13,18 @@ once on ``validation_data``, and exported with ``trials.csv``, ``study.db`` (Opt
 and ``report.html`` under ``--out``. When every trial was constant nothing is exported (a
 warning; exit 0, as when every trial failed); when the final models' out-of-fold predictions are
 constant the export is refused (an error, exit 1, after the summary and report are written).
+
+``--resume`` continues a search killed at any point (while ingesting, during the trials or the
+final members, while writing the report or uploading), also after this code was upgraded: the
+searcher, scheduler and live view are rebuilt from the command, never unpickled. One search
+runs per ``--out`` (``search.lock``); a full ``--out`` filesystem stops the run with an error
+that keeps what was written whole (``search/faults.py``, tested in ``tests/test_faults.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import hashlib
 import json
@@ -137,6 +144,29 @@ def collect_trials(results: Any, max_t: int) -> list[dict[str, Any]]:
     return sorted(trials, key=lambda t: t["number"])
 
 
+def settle_study(out: Path, trials: list[dict[str, Any]]) -> None:
+    """Mark FAIL the study's trials that Tune never ran or forgot, so none stays RUNNING.
+
+    Tune saves its trials and the searcher's state together every few seconds; a driver killed
+    between two snapshots can leave an Optuna trial asked for a Tune trial that the restored
+    experiment does not know (it is replaced by a new one). Left RUNNING it would count as
+    pending for TPE's constant liar on every later suggestion.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name="cnmc-search", storage=f"sqlite:///{out / 'study.db'}")
+    ran = {t["trial_id"] for t in trials}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get("ray_trial_id") in ran:
+            continue
+        optuna.Trial(study, t._trial_id).set_user_attr(
+            "not_run", "asked just before the driver was killed; the resumed search replaced it")
+        study.tell(t.number, state=TrialState.FAIL)
+        log.info("study trial %d (Tune trial %s) was lost at a driver kill: marked FAIL",
+                 t.number, t.user_attrs.get("ray_trial_id"))
+
+
 def node_summary(trials: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     """Per node: trials that ran there, worker processes, and store reads (all processes)."""
     nodes: dict[str, dict[str, Any]] = {}
@@ -238,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=None,
                    help="float16 compute on GPUs (default: on when GPUs are used)")
     g = p.add_argument_group("run")
-    g.add_argument("--resume", action="store_true", help="continue the search in --out")
+    g.add_argument("--resume", action="store_true", help="continue the search in --out after a "
+                   "kill or crash (finished trials and final members are kept)")
     g.add_argument("--no-reuse-actors", action="store_true",
                    help="a fresh worker process per trial (slower; for benchmarks)")
     g.add_argument("--max-concurrent", type=int,
@@ -313,21 +344,37 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from leukemia.dataset import DatasetError
     from leukemia.store import StoreError
+    from search.faults import ResumeError, RunLockedError, unlock_out
 
     try:
         validate(args)
         return run(args, argv if argv is not None else sys.argv[1:])
-    except (ValueError, DatasetError, StoreError, FileExistsError, FileNotFoundError) as e:
+    except (ValueError, DatasetError, StoreError, FileExistsError, FileNotFoundError,
+            RunLockedError, ResumeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = args.out if args.out else "--out"
+        print(f"error: no space left on the filesystem holding {where} ({e}). What was "
+              f"written before is whole (files are replaced atomically). Free space there "
+              f"(df -h {where}) and rerun the same command with --resume: finished trials and "
+              "final members are kept", file=sys.stderr)
+        return 1
+    finally:
+        unlock_out()
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     """The search, in order: paths, store, Ray, tuner, trials, final, report, upload."""
     import ray
 
+    from search.faults import hold
+
     paths = resolve_paths(args, argv)
     t0 = time.monotonic()
+    hold("store", paths["out"])
     store = resolve_store(args)
     start_ray(args)
     settings, per_trial, slots = plan(args, store, remote=paths["remote"])
@@ -337,6 +384,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     tune_seconds = time.monotonic() - t_fit
     search_seconds = time.monotonic() - t0
     trials = collect_trials(results, args.max_epochs)
+    settle_study(paths["out"], trials)
     from search import report
 
     out: Path = paths["out"]
@@ -351,6 +399,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     summary = write_summary(args, trials, final, slots, out,
                             search_seconds=search_seconds, tune_seconds=tune_seconds,
                             total_seconds=time.monotonic() - t0, refused=refused)
+    hold("report", out)
     write_report(args, settings, trials, final, summary, slots, per_trial, out)
     ray.shutdown()
     if paths["remote"]:
@@ -366,7 +415,9 @@ def resolve_paths(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     """Where the run writes: a local folder, plus Ray's storage (``--out`` itself if a URI)."""
     from ray import tune
 
+    from leukemia.train import atomic_write
     from search.cache import cache_root, is_remote
+    from search.faults import ResumeError, lock_out
 
     remote = is_remote(args.out)
     # Ray writes trial checkpoints straight to --out (a URI or shared path); the study (SQLite),
@@ -376,16 +427,26 @@ def resolve_paths(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
            if remote else Path(args.out).expanduser().resolve())
     storage = f"{base.rstrip('/')}{sep}{query}" if remote else str(out)
     exp_uri = f"{base.rstrip('/')}/tune{sep}{query}" if remote else str(out / "tune")
+    command = " ".join(shlex.quote(a) for a in [sys.executable, "search/run.py", *argv])
+    lock_out(out, command)  # first: a second search on this --out refuses, naming the first
     exists = tune.Tuner.can_restore(exp_uri) if remote else (out / "tune").exists()
     if exists and not args.resume:
         raise FileExistsError(f"{args.out} already holds a search; pass --resume to continue "
                               "it or choose another --out")
     if args.resume and not exists:
-        raise FileNotFoundError(f"--resume: {args.out} holds no search to continue")
-    out.mkdir(parents=True, exist_ok=True)
-    command = " ".join(shlex.quote(a) for a in [sys.executable, "search/run.py", *argv])
-    if not args.resume:
-        (out / "command.txt").write_text(command + "\n")
+        if not (out / "command.txt").is_file():
+            raise FileNotFoundError(f"--resume: {args.out} holds no search to continue")
+        # stopped before Tune began (e.g. while ingesting): no trial ran, nothing to keep
+        print(f"--resume: the search in {args.out} stopped before its first trial; starting "
+              "it now", file=sys.stderr)
+        args.resume = False
+    elif not args.resume:
+        atomic_write(out / "command.txt", command + "\n")
+    if args.resume and not remote and not tune.Tuner.can_restore(exp_uri):
+        raise ResumeError(
+            f"--resume: {exp_uri} holds no Tune state (the search was stopped while Tune "
+            f"started, before any trial was recorded); delete {exp_uri} and {out / 'study.db'} "
+            "and rerun with --resume to start it again")
     return {"remote": remote, "out": out, "storage": storage, "exp_uri": exp_uri}
 
 
@@ -444,11 +505,17 @@ def plan(args: argparse.Namespace, store: str, *, remote: bool
 
 def build_tuner(args: argparse.Namespace, settings: Any, per_trial: dict[str, float],
                 slots: int, paths: dict[str, Any]) -> Any:
-    """A new Tuner (Optuna TPE searcher told the truth about ASHA stops), or the restored one."""
+    """A new Tuner (Optuna TPE searcher told the truth about ASHA stops), or the restored one.
+
+    Either way the searcher, the scheduler and the live view are built here from the command
+    and attached for this run, never unpickled from the experiment (``search/faults.py``): a
+    resume works across an upgrade of this code. A restored searcher takes back its state.
+    """
     import optuna
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
+    from search.faults import TRIAL_DIRNAME, ConstantAwareASHA
+    from search.faults import build_tuner as make_tuner
     from search.searcher import ConstantStopper, FidelityAwareOptunaSearch, LiveView
     from search.space import define_space
     from search.trainable import CONSTANT, train_trial
@@ -457,9 +524,6 @@ def build_tuner(args: argparse.Namespace, settings: Any, per_trial: dict[str, fl
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, settings=settings),
         {k.lower(): v for k, v in per_trial.items()})
-    view = LiveView(METRIC, args.max_epochs, args.trials, score=SCORE)
-    if args.resume:
-        return tune.Tuner.restore(paths["exp_uri"], trainable=trainable, resume_errored=True)
     space = functools.partial(define_space, backbones=args.backbone_list,
                               weights=args.weights, max_epochs=args.max_epochs)
     searcher = FidelityAwareOptunaSearch(
@@ -467,20 +531,21 @@ def build_tuner(args: argparse.Namespace, settings: Any, per_trial: dict[str, fl
         sampler=optuna.samplers.TPESampler(seed=args.seed, n_startup_trials=args.startup_trials),
         storage=optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}"),
         study_name="cnmc-search")
-    return tune.Tuner(
-        trainable,
+    scheduler = ConstantAwareASHA(
+        ConstantStopper(args.grace_period, flag=CONSTANT), time_attr="training_iteration",
+        max_t=args.max_epochs, grace_period=args.grace_period,
+        reduction_factor=args.reduction_factor)
+    return make_tuner(
+        trainable, exp_uri=paths["exp_uri"], resume=args.resume,
         tune_config=tune.TuneConfig(
-            metric=METRIC, mode=MODE, search_alg=searcher, num_samples=args.trials,
-            max_concurrent_trials=slots, reuse_actors=not args.no_reuse_actors,
-            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=args.max_epochs,
-                                    grace_period=args.grace_period,
-                                    reduction_factor=args.reduction_factor),
-            trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
+            metric=METRIC, mode=MODE, num_samples=args.trials, max_concurrent_trials=slots,
+            reuse_actors=not args.no_reuse_actors, trial_dirname_creator=TRIAL_DIRNAME),
         run_config=tune.RunConfig(
             name="tune", storage_path=paths["storage"], verbose=1 if args.verbose else 0,
-            callbacks=[view], stop=ConstantStopper(args.grace_period, flag=CONSTANT),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            failure_config=tune.FailureConfig(max_failures=args.max_failures)))
+            failure_config=tune.FailureConfig(max_failures=args.max_failures)),
+        searcher=searcher, scheduler=scheduler,
+        callbacks=[LiveView(METRIC, args.max_epochs, args.trials, score=SCORE)])
 
 
 def run_final_step(args: argparse.Namespace, settings: Any, trials: list[dict[str, Any]],
@@ -500,6 +565,9 @@ def run_final_step(args: argparse.Namespace, settings: Any, trials: list[dict[st
         return None
     if args.no_final:
         return None
+    from search.faults import hold
+
+    hold("final", out)
     return final_mod.run_final(best, settings, out, mode=args.final, seeds=args.final_seeds,
                                resources=per_trial, manifest=Store(settings.store).manifest)
 
@@ -566,10 +634,14 @@ def _upload(local: Path, uri: str) -> None:
     """Copy the run's local artefacts (not tune/, already there) to ``uri``."""
     import pyarrow.fs as pafs
 
+    from search.faults import LOCK, hold
+
     fs, root = pafs.FileSystem.from_uri(uri)
-    for item in sorted(local.iterdir()):
-        if item.name == "tune":
+    for i, item in enumerate(sorted(local.iterdir())):
+        if item.name == "tune" or item.name == LOCK or item.name.startswith("."):
             continue
+        if i:
+            hold("upload", local)  # after the first item: killed half-way through the upload
         dest = f"{root.rstrip('/')}/{item.name}"
         if item.is_dir():
             fs.create_dir(dest, recursive=True)
