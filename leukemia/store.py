@@ -64,6 +64,16 @@ class StoreError(ValueError):
 # Pixels
 
 
+def foreground_mask(img: np.ndarray, threshold: int = 10) -> np.ndarray:
+    """The segmented cell: pixels of an RGB frame with a channel above ``threshold``.
+
+    Channel by channel: the same mask as ``img.max(axis=2) > threshold``, 14x faster here
+    (0.47 vs 6.6 ms per 450 px real frame, 40 frames); the crops and :func:`no_cell_reason`
+    share it.
+    """
+    return np.maximum(np.maximum(img[..., 0], img[..., 1]), img[..., 2]) > threshold
+
+
 def crop_to_cell(img: np.ndarray, threshold: int = 10, margin: float = 0.05) -> np.ndarray:
     """Crop an image to the square around its non-black pixels (the segmented cell).
 
@@ -71,7 +81,7 @@ def crop_to_cell(img: np.ndarray, threshold: int = 10, margin: float = 0.05) -> 
     ``margin`` of it on each end; parts outside the frame are padded with black. An all-black
     image is returned unchanged.
     """
-    mask = img.max(axis=2) > threshold
+    mask = foreground_mask(img, threshold)
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:
         return img
@@ -95,7 +105,7 @@ def crop_window(img: np.ndarray, window: int, threshold: int = 10) -> np.ndarray
     """
     if window < 1:
         raise ValueError(f"window={window}: must be a positive number of pixels")
-    mask = img.max(axis=2) > threshold
+    mask = foreground_mask(img, threshold)
     ys, xs = np.nonzero(mask)
     if ys.size:
         cy, cx = int(round(ys.mean())), int(round(xs.mean()))
@@ -237,9 +247,7 @@ def no_cell_reason(img: np.ndarray, threshold: int = 10) -> str | None:
     (no black background: random noise, a photograph), or a foreground outside
     :data:`CELL_PIXELS` is not a cell.
     """
-    # channel by channel: 20x faster than img.max(axis=2) (0.37 vs 7 ms on a 450 px frame)
-    n = int(np.count_nonzero(np.maximum(np.maximum(img[..., 0], img[..., 1]), img[..., 2])
-                             > threshold))
+    n = int(np.count_nonzero(foreground_mask(img, threshold)))
     lo, hi = CELL_PIXELS
     if n == 0:
         return f"no cell found: no pixel above the black background (> {threshold})"
