@@ -1,6 +1,6 @@
 # Two entry points on a fresh clone (Python >= 3.10, make):
 #   make run    the main job on its built-in default (demo data)
-#   make test   lint (ruff), types (mypy on leukemia/), then the whole test suite
+#   make test   lint (ruff), types (mypy on leukemia/, search/, benchmarks/), then the whole test suite
 # Each bootstraps .venv on first use.
 PYTHON ?= python3
 VENV   := .venv

@@ -112,8 +112,11 @@ def run_lcbench(args: argparse.Namespace) -> int:
     import optuna
     import ray
 
+    runs: dict[tuple[str, str], list[tuple[lcbench.LCTable, Run]]] = {}
     if args.load:  # report runs saved by earlier --save runs (e.g. one task each, in parallel)
-        tasks, methods, runs, goal = [], [], {}, {}
+        tasks: list[str] = []
+        methods: list[str] = []
+        goal: dict[str, float] = {}
         for path in args.load.split(","):
             with open(path, "rb") as fh:
                 saved = pickle.load(fh)
@@ -156,7 +159,6 @@ def run_lcbench(args: argparse.Namespace) -> int:
           "task (best " f"{args.target_quantile:.1%} of random configurations): "
           + ", ".join(f"{t} {g:.4f}" for t, g in goal.items()), flush=True)
     start_ray()
-    runs: dict[tuple[str, str], list[tuple[lcbench.LCTable, Run]]] = {}
     with tempfile.TemporaryDirectory(prefix="cnmc-bench-lcbench-") as tmp:
         for task in tasks:
             for method in methods:

@@ -34,7 +34,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -405,7 +404,8 @@ def report(results: dict[str, list[dict[str, Any]]]) -> str:
         other = col(results[second], "plain", "oof", "roc_auc")
         gap = _mean(aucs) - _mean(other)
         # the larger seed-to-seed range of the two: a gap inside it is not a ranking
-        noise = max(max(v) - min(v) for v in (aucs, other))
+        noise = max((max(v) - min(v) for v in ([a for a in c if a is not None]
+                                                for c in (aucs, other)) if v), default=0.0)
         verdict = "within" if gap <= noise else "beyond"
         line += (f"; runner-up {second} by {gap:.3f}, {verdict} the seed-to-seed range "
                  f"{noise:.3f})")
@@ -683,4 +683,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

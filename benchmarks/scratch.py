@@ -30,7 +30,6 @@ last epoch was constant.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -168,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for r in runs:
         print(_row(r))
-    table = {}
+    table: dict[str, int] = {}
     for r in measured:
         if r["epochs"] and r["epochs"][-1]["constant"]:
             table[r["backbone"]] = max(table.get(r["backbone"], 0), r["size"])
@@ -185,4 +184,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

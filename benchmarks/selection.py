@@ -113,7 +113,7 @@ def _score_table(results: list[dict[str, Any]]) -> dict[tuple[int, int, int, int
     for r in results:
         for e in r["epochs"]:
             y, p = np.asarray(e["labels"]), np.asarray(e["probs"])
-            s = _epoch_scores(y, p)
+            s: dict[str, Any] = dict(_epoch_scores(y, p))
             s["y"], s["p"] = y, p
             table[(r["config"], r["train_group"], e["epoch"], e["group"])] = s
     return table

@@ -29,11 +29,11 @@ def main() -> None:
 
     from ray.cluster_utils import Cluster
 
-    mem = {"object_store_memory": 150 * 1024**2}
-    cluster = Cluster(initialize_head=True,
-                      head_node_args={"num_cpus": 1, "include_dashboard": False, **mem})
+    mem = 150 * 1024**2  # object store bytes per node
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "include_dashboard": False, "object_store_memory": mem})
     try:
-        cluster.add_node(num_cpus=1, **mem)
+        cluster.add_node(num_cpus=1, object_store_memory=mem)
         cluster.wait_for_nodes()
         with tempfile.TemporaryDirectory(prefix="cnmc-bench-util-") as tmp:
             result = run_search([

@@ -116,7 +116,7 @@ def check_cluster(address: str) -> str:
     from ray._private.authentication.authentication_token_setup import (
         maybe_enable_token_auth_if_token_available,
     )
-    from ray._raylet import GcsClient
+    from ray._raylet import GcsClient  # type: ignore[attr-defined]
     from ray.exceptions import AuthenticationError
 
     try:
@@ -220,7 +220,7 @@ def wait_for_workers(config_path: str = BOOTSTRAP_CONFIG, timeout: float = 1800,
         ClusterConnectionError: a worker's setup failed, or not all joined within ``timeout``.
     """
     import yaml
-    from ray._raylet import GcsClient
+    from ray._raylet import GcsClient  # type: ignore[attr-defined]
 
     config = yaml.safe_load(Path(config_path).expanduser().read_text())
     want = expected_workers(config)

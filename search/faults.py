@@ -17,7 +17,9 @@
   searcher.
 * :func:`hold`: ``CNMC_HOLD_AT=<phase>`` stops the driver at a phase (``store``, ``final``,
   ``report``, ``upload``) until the marker ``--out/.hold-<phase>`` it writes is deleted: the
-  fault tests kill or starve a run there without guessing with sleeps.
+  fault tests kill or starve a run there without guessing with sleeps. ``CNMC_HOLD_AT=trial``
+  holds a trial instead (:func:`hold_trial`): the first one Tune lets go on past its first
+  epoch waits in its worker while the others run.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 LOCK = "search.lock"
 HOLD_ENV = "CNMC_HOLD_AT"
+HOLD_DIR_ENV = "CNMC_HOLD_DIR"  # where a trial's hold marker goes: --out, set by the driver
 _held: list[int] = []  # the lock's file descriptor, open for the life of the process
 _holds_done: set[str] = set()  # each phase holds once per process
 
@@ -109,6 +112,29 @@ def hold(phase: str, out: Path) -> None:
     marker = out / f".hold-{phase}"
     marker.write_text(f"{os.getpid()}\n")
     print(f"{HOLD_ENV}={phase}: holding until {marker} is deleted", file=sys.stderr, flush=True)
+    while marker.exists():
+        time.sleep(0.1)
+
+
+def hold_trial(epoch: int) -> None:
+    """In a trial, after its report of ``epoch`` returned: with ``CNMC_HOLD_AT=trial``, the
+    first trial to get here after epoch 1 waits until ``$CNMC_HOLD_DIR/.hold-trial`` is gone.
+
+    A function trainable's report returns only once the driver has taken the result (its
+    checkpoint recorded) and the scheduler let the trial go on, so the held trial is one that
+    runs and has a checkpoint of epoch 1; the other trials go on around it. Local Ray workers
+    inherit the driver's environment, where ``search/run.py`` sets ``CNMC_HOLD_DIR``."""
+    folder = os.environ.get(HOLD_DIR_ENV)
+    if os.environ.get(HOLD_ENV) != "trial" or epoch != 1 or not folder:
+        return
+    marker = Path(folder) / ".hold-trial"
+    try:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return  # another trial holds (or held): this one goes on
+    os.write(fd, f"{os.getpid()}\n".encode())
+    os.close(fd)
+    print(f"{HOLD_ENV}=trial: holding until {marker} is deleted", file=sys.stderr, flush=True)
     while marker.exists():
         time.sleep(0.1)
 

@@ -25,6 +25,7 @@ import logging
 import shutil
 import statistics
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +131,7 @@ def _samples(store: Any, per_class: int = 8) -> dict[str, list[np.ndarray]]:
     out: dict[str, list[np.ndarray]] = {}
     for name, label in (("ALL", 1), ("normal", 0)):
         idx = np.flatnonzero(data.labels == label)
-        first = {}  # the first cell of each patient, then the rest
+        first: dict[str, int] = {}  # the first cell of each patient, then the rest
         for i in idx:
             first.setdefault(str(data.patient_ids[i]), int(i))
         pick = list(first.values())
@@ -399,7 +400,7 @@ def _seed_summary(runs: dict[str, Any], names: list[str]) -> dict[str, Any]:
     return {"held_out_weighted_f1": _mean_std(vals)}
 
 
-def _mean_std(values: list[float | None]) -> dict[str, Any]:
+def _mean_std(values: Sequence[float | None]) -> dict[str, Any]:
     vals = [float(v) for v in values if v is not None]
     return {"mean": statistics.fmean(vals) if vals else None,
             "std": statistics.stdev(vals) if len(vals) > 1 else 0.0 if vals else None,

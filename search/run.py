@@ -102,7 +102,7 @@ def collect_trials(results: Any, max_t: int) -> list[dict[str, Any]]:
     """One dict per trial (params, per-epoch history, status, error, node) from a ResultGrid."""
     from search.trainable import CONSTANT
 
-    trials = []
+    trials: list[dict[str, Any]] = []
     for r in results:
         df = r.metrics_dataframe
         history = [] if df is None or df.empty else [
@@ -370,10 +370,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     """The search, in order: paths, store, Ray, tuner, trials, final, report, upload."""
     import ray
 
-    from search.faults import hold
+    from search.faults import HOLD_DIR_ENV, hold
 
     paths = resolve_paths(args, argv)
     t0 = time.monotonic()
+    os.environ[HOLD_DIR_ENV] = str(paths["out"])  # a local Ray's workers inherit it (hold_trial)
     hold("store", paths["out"])
     store = resolve_store(args)
     start_ray(args)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import pickle
 import random
 import shutil
 import sys
@@ -67,6 +68,27 @@ class FidelityAwareOptunaSearch(OptunaSearch):
         self._metric_name = metric_name
         self._best: dict[str, dict[str, Any]] = {}  # trial id -> its best result so far (subset)
         super().__init__(*args, **kwargs)
+
+    # rebuilt from the command on every run and never saved: the space is a function of this
+    # project (search.space), and a function pickled into Tune's searcher state would tie a
+    # resume to the code that wrote it (renamed or changed by an upgrade: a broken or stale
+    # restore). What is saved is Ray's and Optuna's objects and plain values.
+    _REBUILT = ("_space",)
+    _ot_study: Any  # OptunaSearch's study (None until its space is set)
+
+    def save(self, checkpoint_path: str) -> None:
+        state = {k: v for k, v in self.__dict__.items() if k not in self._REBUILT}
+        with open(checkpoint_path, "wb") as fh:
+            pickle.dump(state, fh)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as fh:
+            state = pickle.load(fh)
+        if not isinstance(state, dict):
+            raise ValueError(f"{checkpoint_path}: not a searcher state of this project "
+                             f"({type(state).__name__}); rerun without --resume")
+        # a state saved by an older release may still hold its space: this run's one stays
+        self.__dict__.update({k: v for k, v in state.items() if k not in self._REBUILT})
 
     def _setup_study(self, mode: str | list) -> None:
         super()._setup_study(mode)
@@ -191,7 +213,8 @@ class RungTPESampler(TPESampler):
                 c = copy.copy(t)
                 c.state, c.value = TrialState.COMPLETE, at[step][t.number]
                 view.append(c)
-        return super()._sample(_RungView(study, view), trial, search_space)
+        rung_study: Any = _RungView(study, view)  # what TPE reads of a study, one rung's trials
+        return super()._sample(rung_study, trial, search_space)
 
 
 def _rung_values(trials: list[FrozenTrial]) -> dict[int, dict[int, float]]:

@@ -186,6 +186,7 @@ def train_trial(params: dict[str, Any], settings: SearchSettings) -> None:
     from leukemia.config import TrainConfig
     from leukemia.models import load_model
     from leukemia.train import fit, save_model
+    from search.faults import hold_trial
     from search.resources import trial_gpu_cap
     from search.space import to_train_overrides
 
@@ -213,6 +214,7 @@ def train_trial(params: dict[str, Any], settings: SearchSettings) -> None:
                          "trial_started_at": started,
                          "reported_at": time.time(), "resumed_from_epoch": start},
                         checkpoint=tune.Checkpoint.from_directory(d))
+        hold_trial(epoch)  # the fault tests' hook (CNMC_HOLD_AT=trial); otherwise nothing
 
     result = fit(config, data, [report], model=model, initial_epoch=start,
                  gpu_memory_mb=trial_gpu_cap(settings.trials_per_gpu),

@@ -271,15 +271,26 @@ def chain(tmp_path_factory, real_data) -> dict:
         "manifest.json")]
     seen["tune_at_ingest_kill"] = (out / "tune").exists()
 
-    # 2. --resume with an older copy of the code; kill -9 once a trial has finished and
-    # another is running
-    proc = start([*args, "--resume"], tmp, tmp / "2-trials.log", repo=_old_code(tmp))
+    # 2. --resume with an older copy of the code; kill -9 once a trial has finished while
+    # another is running: that one is held in its worker after its first epoch
+    # (CNMC_HOLD_AT=trial), and Tune has saved its experiment since (the hold began after the
+    # driver had recorded that epoch's checkpoint)
+    held = out / ".hold-trial"
+
+    def one_finished_one_held() -> bool:
+        saved = [p.stat().st_mtime_ns for p in (out / "tune").glob("experiment_state-*.json")]
+        return (held.exists() and bool(_finished(out))
+                and max(saved, default=0) > held.stat().st_mtime_ns)
+
+    proc = start([*args, "--resume"], tmp, tmp / "2-trials.log", repo=_old_code(tmp),
+                 extra_env={"CNMC_HOLD_AT": "trial"})
     try:
-        wait_until(proc, lambda: len(_finished(out)) >= 1 and _running(out) >= 1, "trials",
-                   every=0.5)
+        wait_until(proc, one_finished_one_held, "trials", every=0.2)
         seen["finished_at_trials_kill"] = _finished(out)
+        seen["running_at_trials_kill"] = _running(out)
     finally:
         kill_driver(proc)
+    held.unlink(missing_ok=True)
     seen["log2"] = proc.log.read_text()
     seen["refs_after_old_code"] = _pickled_refs(out / "tune")
 
@@ -329,6 +340,7 @@ def test_fault_driver_killed_while_ingesting_resume_starts_the_search(chain):
 def test_fault_driver_killed_during_trials_none_lost_none_run_twice(chain):
     out = chain["out"]
     before = chain["finished_at_trials_kill"]
+    assert before and chain["running_at_trials_kill"] >= 1
     results = _results(out)
     assert len(results) == 4 == len(read_trials(out))
     for name, lines in before.items():  # finished before the kill: not trained again
@@ -351,9 +363,6 @@ def test_fault_resume_after_the_display_class_changed(chain):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="FidelityAwareOptunaSearch.save pickles its whole "
-                   "__dict__, the define-by-run space (search.space) with it; the space is "
-                   "rebuilt from the command, so save could leave it out (search/searcher.py)")
 def test_fault_searcher_state_names_nothing_of_ours(chain):
     assert not any(f.startswith("searcher-state") for f in chain["refs_at_end"]), \
         chain["refs_at_end"]

@@ -105,6 +105,8 @@ for s in (train, val):
     h.update("\\n".join(s.image_ids.tolist() + s.patient_ids.tolist()).encode())
 int(train.images.sum()) + int(val.images.sum())  # touch every page of the mapping
 path = decoded_path(S.Store(sys.argv[1]).checksum, 0)
+print("mapped", flush=True)
+sys.stdin.readline()  # every worker has mapped and touched the file: PSS splits it 3 ways
 pss = 0
 in_file = False
 for line in open(f"/proc/{{os.getpid()}}/smaps"):
@@ -130,6 +132,10 @@ def test_concurrent_workers_write_one_file_and_share_it(real_store, tmp_path):
              for _ in range(3)]
     try:
         go.touch()
+        assert [p.stdout.readline().strip() for p in procs] == ["mapped"] * 3
+        for p in procs:  # measure only once all three map it (a page counts 1/N in each)
+            p.stdin.write("\n")
+            p.stdin.flush()
         reports = [json.loads(p.stdout.readline() or "null") for p in procs]
     finally:
         for p in procs:
