@@ -39,6 +39,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout
 
+from search.settings import SearchSettings  # noqa: E402  (after the path line above)
+
 log = logging.getLogger("search")
 
 # val_weighted_f1, ties broken by AUC; AUC - 1 for a model calling one class (search/trainable.py)
@@ -46,8 +48,8 @@ METRIC, MODE = "objective", "max"
 SCORE = "val_weighted_f1"
 DEMO_PRESET = {"trials": 20, "max_epochs": 10, "image_size": 64, "grace_period": 2,
                "backbones": "small_cnn,unet,mobilenet_v3_small"}
-FULL_DEFAULTS = {"trials": 64, "max_epochs": 20, "image_size": 224, "grace_period": 2,
-                 "backbones": None}
+FULL_DEFAULTS = {"trials": 64, "max_epochs": SearchSettings.max_epochs,
+                 "image_size": SearchSettings.image_size, "grace_period": 2, "backbones": None}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,53 +204,69 @@ def _short_error(e: BaseException) -> str:
 # Main
 
 
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Each flag's default shown from where it is defined; the epilog kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not (action.default is None or action.default is False or action.default == []
+                or action.default == argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
+    """The flags. Defaults come from ``SearchSettings`` (or the presets above): one home each."""
+    d = SearchSettings
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=_Help,
                                 epilog=__doc__.split("\n", 2)[2])
     g = p.add_argument_group("data")
     g.add_argument("--data", help="C-NMC_Leukemia folder (ingested once into a cached store)")
     g.add_argument("--store", help="an image store (path or s3:// / gs:// URI)")
-    g.add_argument("--crop", choices=["window", "cell", "none"], default="window",
+    g.add_argument("--crop", choices=["window", "cell", "none"], default=d.crop,
                    help="--data only: how ingest crops each cell (window: a --window px "
                    "square of the frame centred on the cell, keeping its size; see "
                    "`leukemia ingest --help`)")
     g.add_argument("--window", type=int, default=None,
                    help="--data only: side of the window crop in px of the original frame "
-                   "(320)")
+                   f"(default: {d.window})")
     g.add_argument("--out", help="folder for everything the run writes (default runs/<time>)")
     g = p.add_argument_group("search")
-    g.add_argument("--trials", type=int, help="trials to run (64; demo data: 20)")
-    g.add_argument("--max-epochs", type=int, help="epoch budget = ASHA max_t (20; demo: 10)")
+    g.add_argument("--trials", type=int, help=f"trials to run (default: {FULL_DEFAULTS['trials']}"
+                   f"; demo data: {DEMO_PRESET['trials']})")
+    g.add_argument("--max-epochs", type=int, help="epoch budget = ASHA max_t (default: "
+                   f"{FULL_DEFAULTS['max_epochs']}; demo: {DEMO_PRESET['max_epochs']})")
     # grace 2, factor 4, 10 start-up trials: what benchmarks/searchers.py --sweep found on real
     # replayed learning curves (PERFORMANCE.md, "Searchers")
-    g.add_argument("--grace-period", type=int, help="ASHA grace period in epochs (2)")
-    g.add_argument("--reduction-factor", type=int, default=4, help="ASHA reduction factor (4)")
+    g.add_argument("--grace-period", type=int, help="ASHA grace period in epochs (default: "
+                   f"{FULL_DEFAULTS['grace_period']}, at most --max-epochs)")
+    g.add_argument("--reduction-factor", type=int, default=4, help="ASHA reduction factor")
     g.add_argument("--startup-trials", type=int, default=10,
-                   help="TPE's random start-up trials before it models the results (10)")
-    g.add_argument("--val-fold", type=int, default=0, help="training fold held out (0)")
-    g.add_argument("--image-size", type=int, help="image side in px (224; demo: 64)")
-    g.add_argument("--batch-size", type=int, default=32)
+                   help="TPE's random start-up trials before it models the results")
+    g.add_argument("--val-fold", type=int, default=d.val_fold, help="training fold held out")
+    g.add_argument("--image-size", type=int, help="image side in px (default: "
+                   f"{FULL_DEFAULTS['image_size']}; demo: {DEMO_PRESET['image_size']})")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step")
     g.add_argument("--backbones", help="comma-separated backbones to search (default: all "
-                   "in search/space.py; demo: small_cnn,unet,mobilenet_v3_small; with --weights "
+                   f"in search/space.py; demo: {DEMO_PRESET['backbones']}; with --weights "
                    "none both leave out what stayed constant from random init at this size, "
                    "search/space.py SCRATCH_CONSTANT)")
-    g.add_argument("--weights", default="none", choices=["none", "imagenet"],
-                   help="start from ImageNet weights (needs a download) or random (none)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--weights", default=d.weights, choices=["none", "imagenet"],
+                   help="start from ImageNet weights (imagenet: needs a download) or random")
+    g.add_argument("--seed", type=int, default=d.seed,
+                   help="seeds the sampler, the trials and the final trainings")
     g.add_argument("--final", choices=["cv", "all-folds"], default="cv",
-                   help="cv (default): the best configuration trained once per held-out "
+                   help="cv: the best configuration trained once per held-out "
                    "training fold, exported as one ensemble, its threshold chosen on the "
                    "out-of-fold predictions; all-folds: one model trained on all folds "
                    "(threshold 0.5)")
     g.add_argument("--final-seeds", type=int, default=1,
                    help="train every final member with N seeds (N x folds members)")
     g.add_argument("--no-final", action="store_true", help="skip the final training")
-    g.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
-                   help="the exported model averages the 8 flips/90-degree rotations of a cell "
-                   "(default on)")
-    g.add_argument("--decision-rule", choices=["0.5", "oof", "prior"], default="0.5",
-                   help="how the exported model turns P(ALL) into a class: 0.5 (default; "
+    g.add_argument("--tta", action=argparse.BooleanOptionalAction, default=d.tta,
+                   help="the exported model averages the 8 flips/90-degree rotations of a cell")
+    g.add_argument("--decision-rule", choices=["0.5", "oof", "prior"], default=d.decision_rule,
+                   help="how the exported model turns P(ALL) into a class: 0.5 ("
                    "measured to transfer best to new patients), oof (the threshold that "
                    "maximises weighted F1 on the out-of-fold predictions) or prior "
                    "(transductive: the share of a predicted batch called ALL matches training)")
@@ -263,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "its memory: one per 8 GiB, at most 4)")
     g.add_argument("--gpus", type=int, help="GPUs to plan concurrency for (default: those the "
                    "cluster has now; set it on an autoscaling cluster that starts without GPUs)")
-    g.add_argument("--cpus-per-trial", type=int, default=1, help="CPU-only trials (1)")
+    g.add_argument("--cpus-per-trial", type=int, default=d.cpus_per_trial,
+                   help="CPU threads of each CPU-only trial")
     g.add_argument("--cpu-only", action="store_true", help="ignore GPUs")
     g.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=None,
                    help="float16 compute on GPUs (default: on when GPUs are used)")
@@ -275,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-concurrent", type=int,
                    help="at most this many trials at once (default: what the resources allow)")
     g.add_argument("--max-failures", type=int, default=1,
-                   help="retries of a failed trial from its last checkpoint (1)")
+                   help="retries of a failed trial from its last checkpoint")
     g.add_argument("-v", "--verbose", action="store_true", help="Ray's and the workers' logs")
     return p
 
@@ -478,7 +497,6 @@ def plan(args: argparse.Namespace, store: str, *, remote: bool
 
     from leukemia.store import Store
     from search.resources import plan_resources
-    from search.settings import SearchSettings
 
     per_trial, slots, per_gpu = plan_resources(ray.cluster_resources(), args)
     slots = min(slots, args.max_concurrent or slots)

@@ -38,7 +38,9 @@ WEIGHT_DECAY_RANGE = (1e-6, 1e-2)
 DROPOUT_RANGE = (0.0, 0.5)
 STRENGTH_RANGE = (0.1, 1.0)
 SMOOTHING_RANGE = (0.0, 0.1)
-CLASS_WEIGHTS = ("none", "balanced")
+# the class weightings searched: a subset of leukemia.config.CLASS_WEIGHTS (whose "sqrt" is a
+# trainer option the search does not sample)
+SEARCHED_CLASS_WEIGHTS = ("none", "balanced")
 
 
 def define_space(trial: Any, backbones: Sequence[str], weights: str = "none",
@@ -55,7 +57,7 @@ def define_space(trial: Any, backbones: Sequence[str], weights: str = "none",
     trial.suggest_float("learning_rate", *LR_RANGE, log=True)
     if trial.suggest_categorical("augment", [True, False]):
         trial.suggest_float("augment_strength", *STRENGTH_RANGE)
-    trial.suggest_categorical("class_weight", list(CLASS_WEIGHTS))
+    trial.suggest_categorical("class_weight", list(SEARCHED_CLASS_WEIGHTS))
     trial.suggest_float("dropout", *DROPOUT_RANGE)
     trial.suggest_float("weight_decay", *WEIGHT_DECAY_RANGE, log=True)
     trial.suggest_float("label_smoothing", *SMOOTHING_RANGE)
