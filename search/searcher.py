@@ -323,11 +323,14 @@ class LiveView(Callback):
         self._show(trials)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        last = trial.last_result or {}
-        it = last.get("training_iteration", 0)
-        self._ended[trial.trial_id] = ("constant" if last.get("constant") else
-                                       "pruned" if it < self.max_t else "done")
+        self._ended[trial.trial_id] = self._ended_as(trial)
         self._show(trials, force=self.tty)
+
+    def _ended_as(self, trial: Any) -> str:
+        last = trial.last_result or {}
+        if last.get("constant"):
+            return "constant"
+        return "pruned" if last.get("training_iteration", 0) < self.max_t else "done"
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ended[trial.trial_id] = "failed"
@@ -347,6 +350,8 @@ class LiveView(Callback):
         for t in trials:
             if t.trial_id in self._ended:
                 counts[self._ended[t.trial_id]] += 1
+            elif t.status in ("TERMINATED", "ERROR"):  # ended before a --resume restored it
+                counts["failed" if t.status == "ERROR" else self._ended_as(t)] += 1
             elif t.status == "RUNNING":
                 counts["running"] += 1
             elif t.status in ("PENDING", "PAUSED"):

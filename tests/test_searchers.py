@@ -95,6 +95,18 @@ def test_live_view_writes_whole_lines_in_a_log():
     assert "pruned 1" in lines[-1]
 
 
+def test_live_view_counts_trials_that_ended_before_a_resume():
+    from search.searcher import LiveView
+
+    out = io.StringIO()
+    view = LiveView("objective", max_t=3, total=5, stream=out)  # a resumed search: no events
+    trials = [_trial("a", "TERMINATED", 3), _trial("b", "TERMINATED", 1), _trial("c", "ERROR"),
+              _trial("d"), _trial("e", "PENDING")]
+    trials[1].last_result["constant"] = 1.0
+    assert ("done 1, pruned 0, constant 1, failed 1" in view.line(trials)
+            and "running 1, pending 1" in view.line(trials)), view.line(trials)
+
+
 def _space(trial) -> None:  # module level: the searcher's state is pickled with its space
     trial.suggest_float("x", 0.0, 1.0)
 
