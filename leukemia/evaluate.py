@@ -39,6 +39,7 @@ NEIGHBOUR_ROUNDS = 3  # blends of each cell with its neighbours' mean (Pan et al
 # A patient is called ALL when at least this share of its cells is called ALL: a plain majority
 # of the cells, not tuned on any data.
 PATIENT_CALL_SHARE = 0.5
+NEIGHBOURS = 7  # K of the neighbour correction in metrics.json (as benchmarks/quality.py)
 
 
 def model_rule(model: Any, name: str | None = None, threshold: float | None = None) -> Rule:
@@ -108,7 +109,10 @@ def evaluate_model(model_path: str | Path, store: Store | str, *, split: str = V
     sel = store.load(split, folds)
     metrics, p = score(model, sel, threshold=threshold, rule=rule)
     at_half = M.binary_metrics(sel.labels, p, sel.patient_ids, threshold=0.5)
-    metrics = {**metrics, "at_0.5": at_half, "split": split, "store": store.uri,
+    metrics = {**metrics, "at_0.5": at_half,
+               "transductive": transductive_scores(model, sel, p, model_rule(model, rule,
+                                                                             threshold)),
+               "split": split, "store": store.uri,
                "store_crop": list(crop), "model_crop": [spec["crop"], spec["window"]]}
     if list(crop) != [spec["crop"], spec["window"]] and spec["info"]:
         log.warning("%s was trained on %s crops but %s holds %s crops: the scores are not those "
@@ -324,6 +328,62 @@ def predict_batch(model: Any, inputs: Sequence[str | Path], rule: Rule, *,
     decision = decide(p if corrected is None else corrected, rule)
     return BatchPrediction(files, paths, p, corrected, decision, neighbours, unreadable,
                            no_cell, notes, adapted, adapt_note)
+
+
+def transductive_scores(model: Any, sel: Selection, p: np.ndarray, rule: Rule, *,
+                        k: int = NEIGHBOURS, seed: int = 0) -> dict[str, Any]:
+    """The selection's scores under the variants that use the whole batch being predicted,
+    beside (never instead of) the per-cell scores ``p`` of ``model`` on ``sel``.
+
+    - ``neighbours``: :func:`neighbour_correction` with ``k`` neighbours, decided by ``rule``;
+    - ``adapted_bn``: BatchNorm statistics re-estimated on the pooled cells
+      (:mod:`leukemia.adapt`), decided by ``rule``; skipped below ``MIN_CELLS`` cells or
+      without BatchNorm;
+    - ``per_patient``: each patient called ALL when at least :data:`PATIENT_CALL_SHARE` of its
+      cells are (per-cell decision by ``rule``), scored against the patient's label.
+
+    Each entry is the metrics dict of :func:`leukemia.metrics.binary_metrics` (patient counts
+    for ``per_patient``), or ``{"skipped": why}``.
+    """
+    out: dict[str, Any] = {"note": "each variant uses the whole batch scored together "
+                           f"({len(sel)} cells): transductive; the per-cell scores stand apart"}
+    if len(sel) >= k + 1:
+        q = neighbour_correction(p, model_features(model, sel.images), k)
+        out["neighbours"] = {"k": k, **M.binary_metrics(
+            sel.labels, q, sel.patient_ids, seed=seed, threshold=decide(q, rule).cut)}
+    else:
+        out["neighbours"] = {"skipped": f"{len(sel)} cells, fewer than K + 1 = {k + 1}"}
+    if len(sel) < MIN_CELLS:
+        out["adapted_bn"] = {"skipped": f"{len(sel)} cells, fewer than {MIN_CELLS}"}
+    else:
+        with adapted_batchnorm(model, sel.images) as adapted:
+            q = predict_proba(model, sel.images) if adapted else None
+        out["adapted_bn"] = ({"skipped": "the model has no BatchNorm layer"} if q is None else
+                             {"layers": adapted, **M.binary_metrics(
+                                 sel.labels, q, sel.patient_ids, seed=seed,
+                                 threshold=decide(q, rule).cut)})
+    out["per_patient"] = patient_scores(sel.patient_ids, sel.labels, decide(p, rule).classes)
+    return out
+
+
+def patient_scores(patient_ids: np.ndarray, labels: np.ndarray, called: np.ndarray
+                   ) -> dict[str, Any]:
+    """The per-patient call scored against the patients' labels: a patient is called ALL when
+    at least :data:`PATIENT_CALL_SHARE` of its cells are ``called`` ALL (0/1 per cell)."""
+    calls: dict[str, list[int]] = {}
+    truth: dict[str, int] = {}
+    for pid, c, y in zip(np.asarray(patient_ids).tolist(), np.asarray(called).tolist(),
+                         np.asarray(labels).tolist()):
+        calls.setdefault(str(pid), []).append(int(c))
+        truth[str(pid)] = int(y)  # one label per patient
+    ids = sorted(calls)
+    call = np.array([np.mean(calls[i]) >= PATIENT_CALL_SHARE for i in ids], dtype=int)
+    label = np.array([truth[i] for i in ids], dtype=int)
+    return {"patients": len(ids), "all_patients": int(label.sum()),
+            "accuracy": float(np.mean(call == label)) if ids else None,
+            "sensitivity": float(call[label == 1].mean()) if (label == 1).any() else None,
+            "specificity": float(1 - call[label == 0].mean()) if (label == 0).any() else None,
+            "call_share": PATIENT_CALL_SHARE}
 
 
 def model_features(model: Any, images: np.ndarray, batch_size: int = 64) -> np.ndarray:

@@ -90,7 +90,9 @@ def train_member(config_dict: dict[str, Any], settings: SearchSettings) -> dict[
 def export_and_score(member_files: list[str], settings: SearchSettings, threshold: float,
                      info: dict[str, Any]) -> dict[str, Any]:
     """Build the exported ensemble; score it on the validation split if the store has one."""
+    from leukemia.evaluate import transductive_scores
     from leukemia.models import export_model, load_model
+    from leukemia.rules import Rule
     from leukemia.train import predict_proba, save_model
 
     store = _prepare(settings)
@@ -106,6 +108,7 @@ def export_and_score(member_files: list[str], settings: SearchSettings, threshol
     if "validation" in store.manifest.get("splits", {}):
         val = store.load("validation")
         p = predict_proba(model, val.images)
+        rule = Rule.from_dict({"threshold": threshold, **(info.get("rule") or {})})
         wrong = np.flatnonzero((p >= threshold).astype(int) != val.labels)
         wrong = wrong[np.argsort(-np.abs(p[wrong] - threshold))][:GALLERY]
         out["validation"] = {
@@ -113,7 +116,8 @@ def export_and_score(member_files: list[str], settings: SearchSettings, threshol
             "labels": val.labels.tolist(), "probs": p.tolist(),
             "wrong": [{"image_id": str(val.image_ids[i]), "patient_id": str(val.patient_ids[i]),
                        "label": int(val.labels[i]), "p_all": float(p[i]),
-                       "pixels": _thumb(val.images[i])} for i in wrong]}
+                       "pixels": _thumb(val.images[i])} for i in wrong],
+            "transductive": transductive_scores(model, val, p, rule, seed=settings.seed)}
     return out
 
 
@@ -312,6 +316,7 @@ def run_final(trial: dict[str, Any], settings: SearchSettings, out: Path, *, mod
         val_05 = M.binary_metrics(vy, vp, vpid, threshold=0.5, seed=settings.seed)
         metrics.update(val_t)
         metrics["at_0.5"] = val_05
+        metrics["transductive"] = val.get("transductive")
     metrics["decision_rule"] = rule.to_dict()
     if oof is not None:
         metrics["oof_threshold"] = oof_threshold  # kept whichever rule decides

@@ -241,6 +241,8 @@ def test_final_cv_exports_the_ensemble_with_tta_and_its_threshold(final_run):
 
 @pytest.mark.slow
 def test_final_cv_metrics_hold_the_cv_estimate_and_both_thresholds(final_run):
+    from leukemia.store import Store
+
     m = final_run["metrics"]
     assert m["final"] == "cv" and m["tta"] is True and m["split"] == "validation"
     assert [(x["name"], x["fold"], x["seed"]) for x in m["members"]] == \
@@ -253,6 +255,13 @@ def test_final_cv_metrics_hold_the_cv_estimate_and_both_thresholds(final_run):
     assert 0.0 <= m["cv_weighted_f1"] <= 1.0
     assert m["at_0.5"]["threshold"] == 0.5 and m["cv_at_0.5"]["threshold"] == 0.5
     assert m["n"] == m["at_0.5"]["n"] == 40
+    # the batch variants beside the per-cell scores: 40 cells are enough for the neighbours,
+    # too few for BatchNorm re-estimation
+    t = m["transductive"]
+    assert t["neighbours"]["k"] == 7 and t["neighbours"]["n"] == 40
+    assert "fewer than 100" in t["adapted_bn"]["skipped"]
+    val = Store(str(final_run["store"])).load("validation")
+    assert t["per_patient"]["patients"] == len(set(val.patient_ids.tolist())) == 22
     # the threshold maximises weighted F1 on the out-of-fold predictions: no worse than 0.5
     assert m["cv_weighted_f1"] >= m["cv_at_0.5"]["weighted_f1"] - 1e-12
 

@@ -485,6 +485,8 @@ def test_evaluate_model_scores_at_the_stored_threshold_and_at_half(tmp_path, rea
     assert metrics["at_0.5"]["confusion_matrix"] == at_half["confusion_matrix"]
     assert metrics["at_0.5"]["weighted_f1"] == pytest.approx(at_half["weighted_f1"])
     assert metrics["model_crop"] == metrics["store_crop"] == [crop, window]
+    assert metrics["transductive"]["per_patient"]["patients"] == len(set(val.patient_ids))
+    assert metrics["transductive"]["neighbours"]["n"] == len(val)
     assert json.loads((tmp_path / "metrics-validation.json").read_text()) == metrics
 
 
