@@ -357,11 +357,11 @@ def transductive_scores(model: Any, sel: Selection, p: np.ndarray, rule: Rule, *
         out["adapted_bn"] = {"skipped": f"{len(sel)} cells, fewer than {MIN_CELLS}"}
     else:
         with adapted_batchnorm(model, sel.images) as adapted:
-            q = predict_proba(model, sel.images) if adapted else None
-        out["adapted_bn"] = ({"skipped": "the model has no BatchNorm layer"} if q is None else
+            bn = predict_proba(model, sel.images) if adapted else None
+        out["adapted_bn"] = ({"skipped": "the model has no BatchNorm layer"} if bn is None else
                              {"layers": adapted, **M.binary_metrics(
-                                 sel.labels, q, sel.patient_ids, seed=seed,
-                                 threshold=decide(q, rule).cut)})
+                                 sel.labels, bn, sel.patient_ids, seed=seed,
+                                 threshold=decide(bn, rule).cut)})
     out["per_patient"] = patient_scores(sel.patient_ids, sel.labels, decide(p, rule).classes)
     return out
 
