@@ -16,7 +16,7 @@ Configurations run in a fixed shuffled order (seed 0), so a table cut short is s
 sample of the grid. After each configuration the whole table is rewritten atomically
 (``benchmarks/data/curves.csv.gz``), so a run that is stopped resumes at the next configuration.
 
-    nice -n 19 python benchmarks/curves.py                # the stored table (~1.5 h, 2 cores)
+    nice -n 19 python benchmarks/curves.py                # the stored table (time: PERFORMANCE.md)
     python benchmarks/curves.py --limit 2 --epochs 2 --out /tmp/c.csv.gz   # a smoke test
 """
 

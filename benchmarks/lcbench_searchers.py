@@ -23,10 +23,10 @@ target is per task: the regret of the best 1 % of 20,000 random configurations
 (``--target-quantile``), so that it is equally hard on every task. Prints per task and pooled
 (every task x seed one draw) the mean regret at several budgets and the median budget from
 which the selection stays within the target, and last the ratio of ours to ``optuna+asha``
-with its seed-bootstrap 90 % interval (``searchers.ratio_interval``).
+with its seed-bootstrap 90 % interval (``searchers.ratio_interval``). What it measured, and how
+long it takes: PERFORMANCE.md, "Searchers on a public benchmark".
 
     python benchmarks/searchers.py --bench lcbench            # 3 tasks x 8 seeds, 1,000 epochs
-    # (one task x 3 seeds x 8 methods took 3.5 min on 2 idle cores; the default ~35 min)
     python benchmarks/searchers.py --bench lcbench --paper    # 6,544 epochs, 30 seeds (hours)
     python benchmarks/searchers.py --bench lcbench --quick    # CI: 1 task, 2 seeds, 200 epochs
     python benchmarks/searchers.py --bench lcbench --tasks 189906 --save a.pkl   # then

@@ -5,8 +5,9 @@ Data: the dev set (official fold_1 as PNG, ``../shared/data/cnmc-dev``) plus the
 fold_1 (14 patients, 3 of them normal) is split into 3 patient groups, each with one normal
 patient and about a third of the ALL patients; each group is scored by a model trained on the
 other two (out-of-fold, OOF, predictions for every fold_1 cell). The sample's cells of every
-other patient (fold_0, fold_2, preliminary-test: ~45 patients, many normal) are the "external"
+other patient (fold_0, fold_2, preliminary-test: many patients, many normal) are the "external"
 set, scored by the mean of the 3 fold models; cells whose pixels equal a fold_1 cell are dropped.
+What it measured: PERFORMANCE.md, "Quality on new patients".
 
 Per variant and seed: OOF weighted F1 at 0.5, ROC AUC, sensitivity and specificity with
 patient-bootstrap 95% CIs; the epoch-to-epoch swing of the held-out AUC (mean |delta| between

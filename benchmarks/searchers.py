@@ -30,11 +30,12 @@ Prints, per method, the mean regret over seeds at several budgets (trial-epochs,
 seconds), the median budget from which a seed's selection stays within ``--target`` of the best,
 Ray's cost per replayed trial and the share of epochs spent re-running a configuration already
 run (the space is a 72-point grid; a fixed-seed CPU run would repeat itself just the same), and
-last the headline ratio: the budget ``ours`` needs over what ``optuna+asha`` needs.
+last the headline ratio: the budget ``ours`` needs over what ``optuna+asha`` needs. What it
+measured, and how long each run takes: PERFORMANCE.md, "Searchers on real learning curves".
 
-    python benchmarks/searchers.py                   # 20 seeds, 576 trial-epochs (~5 min)
-    python benchmarks/searchers.py --quick           # CI: 3 seeds, 96 trial-epochs (~1 min)
-    python benchmarks/searchers.py --sweep --plot benchmarks/data/searchers.svg   # ~15 min
+    python benchmarks/searchers.py                   # 20 seeds, 576 trial-epochs
+    python benchmarks/searchers.py --quick           # CI: 3 seeds, 96 trial-epochs
+    python benchmarks/searchers.py --sweep --plot benchmarks/data/searchers.svg
     python benchmarks/searchers.py --bench lcbench   # the same searches on YAHPO Gym's LCBench
 """
 

@@ -23,8 +23,9 @@ workers is the sum. It prints, per mode and count, that total against one worker
 anonymous part, the PSS of the decoded file's mappings, the load time and the epoch times,
 then one more shared worker started with the file already there (the load of every later
 trial worker on the node). Last line: ``ratio: R`` = the 4 shared workers' total PSS over one
-shared worker's (each worker's own interpreter, NumPy, pyarrow and scikit-learn, ~70 MB,
-count on top of the one copy of the pixels, so a small store gives a larger ratio).
+shared worker's (each worker's own interpreter, NumPy, pyarrow and scikit-learn count on top of
+the one copy of the pixels, so a small store gives a larger ratio). Figures: PERFORMANCE.md,
+"Memory".
 
 Run from the repository root::
 

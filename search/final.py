@@ -1,15 +1,18 @@
-"""After the search: train the best configuration's final models, choose the decision threshold
-on held-out patients, export one ``.keras`` file, score it once on ``validation_data``.
+"""After the search: train the best configuration's final models, export them as one ``.keras``
+file with its decision rule, score it once on ``validation_data``.
 
 ``--final cv`` (the default): the best configuration (``best_trial``: the best full-budget run)
 is trained once per training fold held out (K = 3 on C-NMC; patient groups on a one-fold
 dataset) and per seed (``--final-seeds``), for the epochs its trial ran, all at once as Ray tasks
 across the cluster's free trial slots. Each member scores the fold it never saw: these
-out-of-fold predictions (every cell scored by a model that never trained on its patient) choose
-the threshold that maximises weighted F1 and give an honest cross-validated estimate (``cv_``
-keys). ``best/model.keras`` is the whole
-ensemble: raw uint8 pixels in, the members' mean P(ALL) out, averaged over the 8 flips/rotations
-of the cell (TTA), with the crop and the threshold stored inside it.
+out-of-fold predictions (every cell scored by a model that never trained on its patient) give an
+honest cross-validated estimate (``cv_`` keys) and the threshold that maximises weighted F1 on
+them, recorded as ``oof_threshold``. The decision rule stored in the export follows
+``--decision-rule``: 0.5 (the default: the out-of-fold threshold transferred worse to new
+patients, see PERFORMANCE.md), that threshold (``oof``), or transductive prior matching
+(``prior``). ``best/model.keras`` is the whole ensemble: raw uint8 pixels in, the members' mean
+P(ALL) out, averaged over the 8 flips/rotations of the cell (TTA), with the crop and the rule
+stored inside it.
 
 ``--final all-folds``: one model per seed trained on all folds (no held-out predictions, so the
 threshold stays 0.5).

@@ -8,11 +8,19 @@
 Each trial trains one sampled configuration on all training folds but ``--val-fold`` and
 reports the held-out fold's weighted F1 every epoch; ASHA stops weak trials early, and a trial
 that calls every held-out cell one class without ranking them (``constant``) is stopped at
-ASHA's first rung. The best configuration is then retrained on all training folds, evaluated
-once on ``validation_data``, and exported with ``trials.csv``, ``study.db`` (Optuna), ``best/``
-and ``report.html`` under ``--out``. When every trial was constant nothing is exported (a
-warning; exit 0, as when every trial failed); when the final models' out-of-fold predictions are
-constant the export is refused (an error, exit 1, after the summary and report are written).
+ASHA's first rung. The final step (``search/final.py``) takes the best trial that ran the whole
+epoch budget (the best epoch of any trial only when none did) and trains its configuration, for
+the epochs it was judged at, once per held-out training fold (``--final cv``, the default;
+``--final-seeds`` members per fold) as Ray tasks on the free trial slots. The members' out-of-fold predictions (every training cell scored by a model that never
+saw its patient) give the cross-validated estimate and the out-of-fold threshold. The members
+are exported as one ensemble, ``best/model.keras``, with test-time augmentation, the crop and
+the decision rule inside (``--decision-rule``: 0.5 by default; ``oof`` or the transductive
+``prior`` by flag), and scored once on ``validation_data``. ``--final all-folds`` trains one
+model on all folds instead (threshold 0.5). Everything lands under ``--out``: ``trials.csv``,
+``study.db`` (Optuna), ``best/``, ``report.html``, ``summary.json``. When every trial was
+constant nothing is exported (a warning; exit 0, as when every trial failed); when the final
+models' out-of-fold predictions are constant the export is refused (an error, exit 1, after the
+summary and report are written).
 
 ``--resume`` continues a search killed at any point (while ingesting, during the trials or the
 final members, while writing the report or uploading), also after this code was upgraded: the
