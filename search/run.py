@@ -11,8 +11,9 @@ that calls every held-out cell one class without ranking them (``constant``) is 
 ASHA's first rung. The final step (``search/final.py``) takes the best trial that ran the whole
 epoch budget (the best epoch of any trial only when none did) and trains its configuration, for
 the epochs it was judged at, once per held-out training fold (``--final cv``, the default;
-``--final-seeds`` members per fold) as Ray tasks on the free trial slots. The members' out-of-fold predictions (every training cell scored by a model that never
-saw its patient) give the cross-validated estimate and the out-of-fold threshold. The members
+``--final-seeds`` members per fold) as Ray tasks on the free trial slots. The members'
+out-of-fold predictions (every training cell scored by a model that never saw its patient) give
+the cross-validated estimate and the out-of-fold threshold. The members
 are exported as one ensemble, ``best/model.keras``, with test-time augmentation, the crop and
 the decision rule inside (``--decision-rule``: 0.5 by default; ``oof`` or the transductive
 ``prior`` by flag), and scored once on ``validation_data``. ``--final all-folds`` trains one
