@@ -76,7 +76,7 @@ def read_table(path: str | Path) -> list[dict[str, str]]:
 
 def write_table(path: str | Path, rows: list[dict[str, Any]]) -> None:
     """Write the rows as gzipped CSV, whole or not at all (mtime 0: same rows, same bytes)."""
-    from leukemia.train import atomic_write
+    from leukemia.files import atomic_write
 
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")

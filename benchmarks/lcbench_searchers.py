@@ -239,7 +239,7 @@ def write_plot(path: str, tasks: list[str], methods: list[str],
     """Mean normalised regret (pooled over tasks) versus trial-epochs, as a standalone SVG."""
     from searchers import COLOURS
 
-    from leukemia.train import atomic_write
+    from leukemia.files import atomic_write
 
     w, h, left, bottom, top, right = 680, 360, 56, 40, 16, 130
     xs = [round(50 * 2 ** (k / 4)) for k in range(-8, 80)]

@@ -656,7 +656,7 @@ def write_plot(path: str, trajs: dict[str, list[list[tuple[int, float, float]]]]
                  f'trial-epochs spent (log scale; {table.max_t} = one full trial)</text>'
                  f'<text x="12" y="{mid}" text-anchor="middle" transform="rotate(-90 12 {mid})">'
                  f'mean regret (held-out wF1), {args.seeds} seeds</text></svg>')
-    from leukemia.train import atomic_write
+    from leukemia.files import atomic_write
 
     atomic_write(path, "\n".join(parts) + "\n")
 

@@ -6,7 +6,7 @@ own best threshold (the final step chooses a threshold anyway), and ROC AUC (ran
 good signal picks configurations that do well on *other* patients.
 
 Protocol: the dev set (``../shared/data/cnmc-dev``: official fold_1, 14 patients, 3 of them
-normal) is split into 3 patient groups, one normal patient each (``leukemia.train.cv_folds``).
+normal) is split into 3 patient groups, one normal patient each (``leukemia.folds.cv_folds``).
 Every configuration of a pool sampled from the real search space (``search/space.py``, Optuna's
 random sampler) is trained on one group and scored after every epoch on the other two: one is
 the selection fold, the other the test fold (both roles, every group trained on once). A
@@ -215,8 +215,8 @@ def main() -> None:
     results_path = args.results or cache / (
         f"selection-{args.data.name}-{args.image_size}px-{args.epochs}ep.jsonl")
 
+    from leukemia.folds import cv_folds
     from leukemia.store import Store
-    from leukemia.train import cv_folds
 
     data = Store(_store(args.data, args.image_size, cache)).load("training")
     groups = cv_folds(data.patient_ids, data.labels, np.zeros(len(data), np.int8))

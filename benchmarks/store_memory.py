@@ -7,7 +7,7 @@ decoded set is as large as a real search's (1.6 GB). The script starts 1, 2 and 
 processes at once, each loading the training split (fold 0 held out) the way a trial does, in
 two modes:
 
-- ``in-process``: ``leukemia.train.load_split`` in each worker (what trials did before: each
+- ``in-process``: ``leukemia.folds.load_split`` in each worker (what trials did before: each
   worker decodes the Parquet store into its own arrays);
 - ``shared``: ``search.trainable._data`` (what trials do now): the first worker decodes the
   store into one uncompressed file in the node-local cache (``$CNMC_CACHE``, fresh for each
@@ -64,8 +64,8 @@ def worker(mode: str, store: str, val_fold: int, seed: int, epochs: int) -> None
     """Load the training split as a trial does, run ``epochs`` epochs of gathers, report, wait."""
     sys.path.insert(0, str(REPO))
     from leukemia.config import TrainConfig
+    from leukemia.folds import load_split
     from leukemia.store import Store
-    from leukemia.train import load_split
     from search.trainable import _data
 
     t0 = time.perf_counter()  # imports done: a reused worker has them already

@@ -87,8 +87,8 @@ def _predict(args: argparse.Namespace) -> int:
         patient_summary,
         predict_batch,
     )
+    from leukemia.files import atomic_write
     from leukemia.models import load_model
-    from leukemia.train import atomic_write
 
     if args.patients_csv and not any(patient_of(f, per_folder=args.patient_per_folder)
                                      for f in image_files(args.inputs)):

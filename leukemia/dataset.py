@@ -175,11 +175,6 @@ def find_layout(path: str | Path) -> Layout:
     )
 
 
-def find_root(path: str | Path) -> Path:
-    """Return the dataset folder (``C-NMC_Leukemia`` or TCIA's) given it or its parent."""
-    return find_layout(path).root
-
-
 def _images_in(folder: Path) -> list[Path]:
     files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
     other = [p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]

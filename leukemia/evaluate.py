@@ -23,15 +23,11 @@ import numpy as np
 from leukemia import metrics as M
 from leukemia.adapt import MIN_CELLS, adapted_batchnorm
 from leukemia.dataset import IMAGE_SUFFIXES, VALIDATION, parse_name
+from leukemia.files import atomic_write
+from leukemia.imaging import no_cell_reason, preprocess_frame, read_frame
 from leukemia.rules import Decision, Rule, decide
-from leukemia.store import (
-    Selection,
-    Store,
-    no_cell_reason,
-    preprocess_frame,
-    read_frame,
-)
-from leukemia.train import atomic_write, predict_proba
+from leukemia.store import Selection, Store
+from leukemia.train import predict_proba
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +209,7 @@ def predict_files(model: str | Path | Any, inputs: Sequence[str | Path], *,
                   ) -> Iterator[tuple[Path, float]]:
     """Yield ``(path, P(ALL))`` for image files or folders, prepared as the model's training
     images were (the crop stored in the model, unless ``crop`` overrides it). A frame with no
-    cell on it (:func:`leukemia.store.no_cell_reason`) gets NaN.
+    cell on it (:func:`leukemia.imaging.no_cell_reason`) gets NaN.
 
     Args:
         model: a ``.keras`` path or a loaded model.
@@ -260,7 +256,7 @@ def predict_batch(model: Any, inputs: Sequence[str | Path], rule: Rule, *,
                   adapt_bn: bool = False) -> BatchPrediction:
     """Score every readable cell of ``inputs`` and decide their classes together under
     ``rule``; files that cannot be read and frames with no cell on them
-    (:func:`leukemia.store.no_cell_reason`) are set aside with the reason, and take no part in
+    (:func:`leukemia.imaging.no_cell_reason`) are set aside with the reason, and take no part in
     the decision, the neighbour correction or the patients' calls.
 
     Args:

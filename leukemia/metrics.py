@@ -1,16 +1,16 @@
 """Classification metrics for ALL (label 1, positive) vs normal (hem, label 0) cells.
 
 The C-NMC 2019 challenge ranks submissions by the support-weighted F1 of the two classes
-(scikit-learn's ``f1_score(average="weighted")``); :func:`weighted_f1` computes it. Cells of one
-patient are not independent, so confidence intervals resample patients, not cells
-(:func:`patient_bootstrap_ci`). :func:`binary_metrics` gathers everything a trial or a report
-needs into a JSON-serialisable dict, with ``None`` where a value is undefined (JSON has no NaN).
+(scikit-learn's ``f1_score(average="weighted")``); :func:`weighted_f1` computes it.
+:func:`binary_metrics` gathers everything a trial or a report needs into a JSON-serialisable
+dict, with ``None`` where a value is undefined (JSON has no NaN), and 95% confidence intervals
+that resample patients, not cells (cells of one patient are not independent).
 :func:`best_threshold` chooses the decision threshold that maximises weighted F1 on held-out
 predictions; :func:`threshold_curve` gives weighted F1 at every candidate threshold.
 
 scikit-learn computes the F1, ROC AUC, ROC curve and confusion matrix; this module adds input
 checks whose errors say what to fix, and its own vectorised code only where scikit-learn has
-nothing: the patient bootstrap and the threshold search, both from confusion counts. scikit-learn
+nothing: the patient bootstrap, per-patient accuracy and the threshold search. scikit-learn
 is imported inside the functions that call it (``import sklearn.metrics`` takes about a second),
 so importing this module costs only numpy.
 
@@ -36,7 +36,6 @@ __all__ = [
     "best_threshold",
     "binary_metrics",
     "confusion",
-    "patient_bootstrap_ci",
     "per_patient_accuracy",
     "roc_auc",
     "roc_curve",
@@ -44,10 +43,14 @@ __all__ = [
     "weighted_f1",
 ]
 
-Metric = Callable[[np.ndarray, np.ndarray], float]
-
-
 # --------------------------------------------------------------------------- validation
+
+
+def _reject(arr: np.ndarray, bad: np.ndarray, name: str, must: str, hint: str = "") -> None:
+    """Raise ValueError naming the first entry of ``arr`` where ``bad`` holds, if any."""
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{name} must {must}, got {arr[i].item()!r} at index {i}{hint}")
 
 
 def _labels(y: ArrayLike, name: str) -> np.ndarray:
@@ -57,62 +60,47 @@ def _labels(y: ArrayLike, name: str) -> np.ndarray:
         raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
     if arr.size == 0:
         raise ValueError(f"{name} is empty; metrics need at least one sample")
-    if arr.dtype == bool:
-        return arr.astype(np.int64)
-    if not np.issubdtype(arr.dtype, np.number):
+    if arr.dtype != bool and not np.issubdtype(arr.dtype, np.number):
         raise ValueError(f"{name} must hold 0/1 labels, got dtype {arr.dtype}: {arr[:5]!r}")
-    bad = (arr != 0) & (arr != 1)
-    if bad.any():
-        raise ValueError(
-            f"{name} must hold only 0 (hem) and 1 (ALL), got {arr[bad][0].item()!r} "
-            f"at index {int(np.flatnonzero(bad)[0])}; threshold probabilities first"
-        )
+    _reject(arr, (arr != 0) & (arr != 1), name, "hold only 0 (hem) and 1 (ALL)",
+            "; threshold probabilities first")
     return arr.astype(np.int64)
 
 
-def _scores(y: ArrayLike, name: str) -> np.ndarray:
-    """Return ``y`` as a 1-D float64 array of finite values, or raise ValueError."""
+def _floats(y: ArrayLike, name: str, probabilities: bool = False) -> np.ndarray:
+    """Return ``y`` as a 1-D float64 array of finite values (in [0, 1] if ``probabilities``)."""
     try:
         arr = np.asarray(y, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name} must be numeric: {exc}") from exc
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        raise ValueError(
-            f"{name} must be finite, got {arr[bad][0].item()!r} "
-            f"at index {int(np.flatnonzero(bad)[0])}"
-        )
+    _reject(arr, ~np.isfinite(arr), name, "be finite")
+    if probabilities:
+        _reject(arr, (arr < 0.0) | (arr > 1.0), name, "be probabilities in [0, 1]",
+                "; apply a sigmoid to logits first")
     return arr
 
 
-def _patients(ids: ArrayLike, name: str = "patient_ids") -> np.ndarray:
-    """Return ``ids`` as a 1-D array of strings."""
-    arr = np.asarray(ids)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
-    return arr.astype(str)
-
-
-def _same_length(**arrays: np.ndarray) -> None:
-    """Raise ValueError unless all arrays have the same length, naming each length."""
-    lengths = {name: len(a) for name, a in arrays.items()}
+def _inputs(y_true: ArrayLike, y: ArrayLike, name: str, patient_ids: ArrayLike | None = None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Checked ``(y_true, y, patient_ids)``: 0/1 labels, then ``y`` as its name says (``y_pred``
+    0/1, ``y_score`` finite, ``y_prob`` in [0, 1]), then ids as strings; lengths equal."""
+    arrays = {"y_true": _labels(y_true, "y_true")}
+    if name == "y_pred":
+        arrays[name] = _labels(y, name)
+    else:
+        arrays[name] = _floats(y, name, probabilities=name == "y_prob")
+    if patient_ids is not None:
+        ids = np.asarray(patient_ids)
+        if ids.ndim != 1:
+            raise ValueError(f"patient_ids must be 1-D, got shape {ids.shape}")
+        arrays["patient_ids"] = ids.astype(str)
+    lengths = {key: len(a) for key, a in arrays.items()}
     if len(set(lengths.values())) > 1:
-        shown = ", ".join(f"{name}={n}" for name, n in lengths.items())
+        shown = ", ".join(f"{key}={n}" for key, n in lengths.items())
         raise ValueError(f"inputs must have equal lengths, got {shown}")
-
-
-def _probabilities(y: ArrayLike, name: str) -> np.ndarray:
-    """Return ``y`` as finite float64 values in [0, 1], or raise ValueError naming ``name``."""
-    arr = _scores(y, name)
-    out_of_range = (arr < 0.0) | (arr > 1.0)
-    if out_of_range.any():
-        raise ValueError(
-            f"{name} must be probabilities in [0, 1], got {arr[out_of_range][0].item()!r} "
-            f"at index {int(np.flatnonzero(out_of_range)[0])}; apply a sigmoid to logits first"
-        )
-    return arr
+    return arrays["y_true"], arrays[name], arrays.get("patient_ids")
 
 
 def _sklearn_metrics() -> ModuleType:
@@ -123,11 +111,6 @@ def _sklearn_metrics() -> ModuleType:
 
 
 # --------------------------------------------------------------------------- point metrics
-
-
-def _ratio(num: float, den: float) -> float:
-    """``num / den``, or NaN when ``den`` is 0."""
-    return num / den if den else float("nan")
 
 
 def _weighted_f1_counts(tn: Any, fp: Any, fn: Any, tp: Any) -> Any:
@@ -162,9 +145,7 @@ def confusion(y_true: ArrayLike, y_pred: ArrayLike) -> np.ndarray:
     Raises:
         ValueError: If the inputs are not 1-D 0/1 arrays of equal, non-zero length.
     """
-    t = _labels(y_true, "y_true")
-    p = _labels(y_pred, "y_pred")
-    _same_length(y_true=t, y_pred=p)
+    t, p, _ = _inputs(y_true, y_pred, "y_pred")
     return _sklearn_metrics().confusion_matrix(t, p, labels=[0, 1]).astype(np.int64)
 
 
@@ -184,9 +165,7 @@ def weighted_f1(y_true: ArrayLike, y_pred: ArrayLike) -> float:
     Raises:
         ValueError: If the inputs are not 1-D 0/1 arrays of equal, non-zero length.
     """
-    t = _labels(y_true, "y_true")
-    p = _labels(y_pred, "y_pred")
-    _same_length(y_true=t, y_pred=p)
+    t, p, _ = _inputs(y_true, y_pred, "y_pred")
     return float(
         _sklearn_metrics().f1_score(t, p, labels=[0, 1], average="weighted", zero_division=0)
     )
@@ -207,9 +186,7 @@ def roc_auc(y_true: ArrayLike, y_score: ArrayLike) -> float:
     Raises:
         ValueError: On non-0/1 labels, non-finite scores or unequal lengths.
     """
-    t = _labels(y_true, "y_true")
-    s = _scores(y_score, "y_score")
-    _same_length(y_true=t, y_score=s)
+    t, s, _ = _inputs(y_true, y_score, "y_score")
     if t.min() == t.max():  # one class: undefined (sklearn would warn and return NaN)
         return float("nan")
     return float(_sklearn_metrics().roc_auc_score(t, s))
@@ -233,9 +210,7 @@ def roc_curve(
     Raises:
         ValueError: On non-0/1 labels, non-finite scores or unequal lengths.
     """
-    t = _labels(y_true, "y_true")
-    s = _scores(y_score, "y_score")
-    _same_length(y_true=t, y_score=s)
+    t, s, _ = _inputs(y_true, y_score, "y_score")
     from sklearn.exceptions import UndefinedMetricWarning
 
     with warnings.catch_warnings():
@@ -286,13 +261,11 @@ def threshold_curve(
         ValueError: On invalid labels, probabilities outside [0, 1], unequal lengths, or
             thresholds that are not a 1-D array of finite values in [0, 1].
     """
-    t = _labels(y_true, "y_true")
-    prob = _probabilities(y_prob, "y_prob")
-    _same_length(y_true=t, y_prob=prob)
+    t, prob, _ = _inputs(y_true, y_prob, "y_prob")
     if thresholds is None:
         cand = _default_thresholds(prob)
     else:
-        cand = _probabilities(thresholds, "thresholds")
+        cand = _floats(thresholds, "thresholds", probabilities=True)
     pos = np.sort(prob[t == 1])
     neg = np.sort(prob[t == 0])
     tp = pos.size - np.searchsorted(pos, cand, side="left")  # positives with p >= threshold
@@ -338,86 +311,60 @@ def best_threshold(y_true: ArrayLike, y_prob: ArrayLike) -> float:
 # --------------------------------------------------------------------------- patients
 
 
-def patient_bootstrap_ci(
-    y_true: ArrayLike,
-    y_pred: ArrayLike,
-    patient_ids: ArrayLike,
-    metric: Metric = weighted_f1,
-    *,
-    n_boot: int = 1000,
-    alpha: float = 0.05,
-    seed: int = 0,
-) -> tuple[float, float]:
-    """Percentile confidence interval of ``metric`` by resampling patients with replacement.
-
-    Each replicate draws as many patients as there are, with replacement, and pools all cells
-    of the drawn patients (a patient drawn twice contributes its cells twice). Cells of one
-    patient are correlated, so resampling cells would give intervals that are too narrow. For
-    the default metric the replicates are computed from per-patient confusion counts in one
-    matrix product; any other metric is called once per replicate on the pooled cells.
+def per_patient_accuracy(
+    y_true: ArrayLike, y_pred: ArrayLike, patient_ids: ArrayLike
+) -> list[dict[str, Any]]:
+    """Accuracy of each patient's cells, for reports.
 
     Args:
         y_true: True labels, 0 (hem) or 1 (ALL).
         y_pred: Predicted labels, 0 or 1.
         patient_ids: Patient of each cell.
-        metric: ``metric(y_true, y_pred) -> float``; replicates where it is NaN are dropped.
-        n_boot: Number of bootstrap replicates.
-        alpha: ``1 - alpha`` is the coverage; 0.05 gives a 95% interval.
-        seed: Seed of the random generator; equal seeds give equal intervals.
 
     Returns:
-        ``(lo, hi)``, the ``alpha/2`` and ``1 - alpha/2`` quantiles of the replicates
-        (NaN, NaN if every replicate is NaN).
+        One row per patient, sorted by patient id (as strings): ``{"patient_id": str,
+        "label": int, "n": int, "accuracy": float}``, where ``label`` is the patient's majority
+        true label (a tie goes to 1; C-NMC patients are all-ALL or all-hem anyway).
 
     Raises:
-        ValueError: On invalid labels or lengths, fewer than 2 patients, ``n_boot < 1`` or
-            ``alpha`` outside (0, 1).
+        ValueError: On invalid labels or unequal lengths.
     """
-    t = _labels(y_true, "y_true")
-    p = _labels(y_pred, "y_pred")
-    ids = _patients(patient_ids)
-    _same_length(y_true=t, y_pred=p, patient_ids=ids)
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}; 0.05 gives a 95% interval")
-    _, patient = np.unique(ids, return_inverse=True)
-    n_patients = int(patient.max()) + 1
-    if n_patients < 2:
-        raise ValueError(
-            f"patient bootstrap needs at least 2 patients, got {n_patients} ({str(ids[0])!r})"
-        )
-
-    draws = np.random.default_rng(seed).integers(0, n_patients, size=(n_boot, n_patients))
-    if metric is weighted_f1:
-        stats = _weighted_f1_counts(*_replicate_counts(t, p, patient, _times(draws)))
-    else:
-        members = np.argsort(patient, kind="stable")
-        starts = np.r_[0, np.cumsum(np.bincount(patient, minlength=n_patients))]
-        groups = [members[starts[j] : starts[j + 1]] for j in range(n_patients)]
-        stats = np.empty(n_boot)
-        for b in range(n_boot):
-            idx = np.concatenate([groups[j] for j in draws[b]])
-            stats[b] = metric(t[idx], p[idx])
-    return _interval(stats, alpha)
+    t, p, ids = _inputs(y_true, y_pred, "y_pred", patient_ids)
+    assert ids is not None
+    names, patient = np.unique(ids, return_inverse=True)
+    n = np.bincount(patient)
+    positives = np.bincount(patient, weights=t)
+    correct = np.bincount(patient, weights=(t == p))
+    return [
+        {
+            "patient_id": str(name),
+            "label": int(2 * positives[j] >= n[j]),
+            "n": int(n[j]),
+            "accuracy": float(correct[j] / n[j]),
+        }
+        for j, name in enumerate(names)
+    ]
 
 
-def _times(draws: np.ndarray) -> np.ndarray:
-    """``times[b, j]``: how often replicate ``b`` drew patient ``j`` (draws is n_boot x n)."""
-    n_boot, n_patients = draws.shape
-    flat = (np.arange(n_boot)[:, None] * n_patients + draws).ravel()
-    return np.bincount(flat, minlength=n_boot * n_patients).reshape(n_boot, n_patients)
+def _count_ratio(num: Any, den: Any) -> np.ndarray:
+    """Elementwise ``num / den`` with NaN where ``den`` is 0."""
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / den, np.nan)
 
 
-def _replicate_counts(
-    t: np.ndarray, p: np.ndarray, patient: np.ndarray, times: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Confusion counts ``(tn, fp, fn, tp)`` of every replicate: counts add up over cells."""
-    n_patients = times.shape[1]
-    cells = 2 * t + p  # 0=tn, 1=fp, 2=fn, 3=tp
-    per_patient = np.bincount(4 * patient + cells, minlength=4 * n_patients)
-    tn, fp, fn, tp = (times @ per_patient.reshape(n_patients, 4)).T
-    return tn, fp, fn, tp
+# Metrics of confusion counts (tn, fp, fn, tp), elementwise: the point values and the replicates.
+_COUNT_METRICS: dict[str, Callable[..., np.ndarray]] = {
+    "weighted_f1": _weighted_f1_counts,
+    "accuracy": lambda tn, fp, fn, tp: _count_ratio(tp + tn, tn + fp + fn + tp),
+    "balanced_accuracy": lambda tn, fp, fn, tp: (
+        _count_ratio(tp, tp + fn) + _count_ratio(tn, tn + fp)
+    ) / 2.0,
+    "sensitivity": lambda tn, fp, fn, tp: _count_ratio(tp, tp + fn),
+    "specificity": lambda tn, fp, fn, tp: _count_ratio(tn, tn + fp),
+    "precision": lambda tn, fp, fn, tp: _count_ratio(tp, tp + fp),
+}
+CI_KEYS = (*_COUNT_METRICS, "roc_auc")  # metrics binary_metrics can give a bootstrap CI
 
 
 def _replicate_auc(
@@ -449,77 +396,43 @@ def _replicate_auc(
     return out
 
 
-def _interval(stats: np.ndarray, alpha: float) -> tuple[float, float]:
-    """Percentile interval of the non-NaN replicates, or (NaN, NaN) if there are none."""
-    stats = stats[~np.isnan(stats)]
-    if stats.size == 0:
-        return float("nan"), float("nan")
-    lo, hi = np.quantile(stats, [alpha / 2.0, 1.0 - alpha / 2.0])
-    return float(lo), float(hi)
+def _patient_bootstrap(
+    t: np.ndarray, pred: np.ndarray, prob: np.ndarray, patient: np.ndarray,
+    keys: Sequence[str], n_boot: int, seed: int,
+) -> dict[str, list[float] | None]:
+    """Patient-bootstrap 95% percentile intervals ``[lo, hi]`` of ``keys`` (None if undefined).
 
-
-def _count_ratio(num: Any, den: Any) -> np.ndarray:
-    """Elementwise ``num / den`` with NaN where ``den`` is 0."""
-    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(den > 0, num / den, np.nan)
-
-
-# Metrics of confusion counts (tn, fp, fn, tp), elementwise, for the bootstrap's replicates.
-_COUNT_METRICS: dict[str, Callable[..., np.ndarray]] = {
-    "weighted_f1": _weighted_f1_counts,
-    "accuracy": lambda tn, fp, fn, tp: _count_ratio(tp + tn, tn + fp + fn + tp),
-    "balanced_accuracy": lambda tn, fp, fn, tp: (
-        _count_ratio(tp, tp + fn) + _count_ratio(tn, tn + fp)
-    ) / 2.0,
-    "sensitivity": lambda tn, fp, fn, tp: _count_ratio(tp, tp + fn),
-    "specificity": lambda tn, fp, fn, tp: _count_ratio(tn, tn + fp),
-    "precision": lambda tn, fp, fn, tp: _count_ratio(tp, tp + fp),
-}
-CI_KEYS = (*_COUNT_METRICS, "roc_auc")  # metrics binary_metrics can give a bootstrap CI
-
-
-def per_patient_accuracy(
-    y_true: ArrayLike, y_pred: ArrayLike, patient_ids: ArrayLike
-) -> list[dict[str, Any]]:
-    """Accuracy of each patient's cells, for reports.
-
-    Args:
-        y_true: True labels, 0 (hem) or 1 (ALL).
-        y_pred: Predicted labels, 0 or 1.
-        patient_ids: Patient of each cell.
-
-    Returns:
-        One row per patient, sorted by patient id (as strings): ``{"patient_id": str,
-        "label": int, "n": int, "accuracy": float}``, where ``label`` is the patient's majority
-        true label (a tie goes to 1; C-NMC patients are all-ALL or all-hem anyway).
-
-    Raises:
-        ValueError: On invalid labels or unequal lengths.
+    Each replicate draws as many patients as there are, with replacement, and pools all cells
+    of the drawn patients (a patient drawn twice counts twice): cells of one patient are
+    correlated, so resampling cells would give intervals that are too narrow. A replicate's
+    confusion counts are the per-patient counts weighted by how often it drew each patient,
+    all replicates in one matrix product; replicates where a metric is NaN are dropped.
     """
-    t = _labels(y_true, "y_true")
-    p = _labels(y_pred, "y_pred")
-    ids = _patients(patient_ids)
-    _same_length(y_true=t, y_pred=p, patient_ids=ids)
-    names, patient = np.unique(ids, return_inverse=True)
-    n = np.bincount(patient)
-    positives = np.bincount(patient, weights=t)
-    correct = np.bincount(patient, weights=(t == p))
-    return [
-        {
-            "patient_id": str(name),
-            "label": int(2 * positives[j] >= n[j]),
-            "n": int(n[j]),
-            "accuracy": float(correct[j] / n[j]),
-        }
-        for j, name in enumerate(names)
-    ]
+    n_patients = int(patient.max()) + 1
+    draws = np.random.default_rng(seed).integers(0, n_patients, (n_boot, n_patients))
+    flat = (np.arange(n_boot)[:, None] * n_patients + draws).ravel()
+    # times[b, j]: how often replicate b drew patient j
+    times = np.bincount(flat, minlength=n_boot * n_patients).reshape(n_boot, n_patients)
+    cells = 4 * patient + 2 * t + pred  # per patient: 0=tn, 1=fp, 2=fn, 3=tp
+    per_patient = np.bincount(cells, minlength=4 * n_patients).reshape(n_patients, 4)
+    counts = (times @ per_patient).T  # rows tn, fp, fn, tp; a column per replicate
+    alpha = 0.05
+    cis: dict[str, list[float] | None] = {}
+    for key in keys:
+        if key == "roc_auc":
+            stats = _replicate_auc(t, prob, patient, times)
+        else:
+            stats = np.asarray(_COUNT_METRICS[key](*counts), dtype=np.float64)
+        stats = stats[~np.isnan(stats)]
+        cis[key] = (np.quantile(stats, [alpha / 2.0, 1.0 - alpha / 2.0]).tolist()
+                    if stats.size else None)
+    return cis
 
 
 # --------------------------------------------------------------------------- summary
 
 
-def _json_float(x: float) -> float | None:
+def _json_float(x: float | np.ndarray) -> float | None:
     """``float(x)``, or None when it is NaN or infinite."""
     x = float(x)
     return x if np.isfinite(x) else None
@@ -567,9 +480,7 @@ def binary_metrics(
             lengths, a threshold outside [0, 1], a negative ``n_boot`` or an unknown
             ``ci_keys`` entry.
     """
-    t = _labels(y_true, "y_true")
-    prob = _probabilities(y_prob, "y_prob")
-    _same_length(y_true=t, y_prob=prob)
+    t, prob, ids = _inputs(y_true, y_prob, "y_prob", patient_ids)
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     if n_boot < 0:
@@ -578,48 +489,25 @@ def binary_metrics(
     unknown = [k for k in ci_keys if k not in CI_KEYS]
     if unknown:
         raise ValueError(f"ci_keys: unknown metric(s) {unknown}; choose from {list(CI_KEYS)}")
-    ids = None
-    if patient_ids is not None:
-        ids = _patients(patient_ids)
-        _same_length(y_true=t, y_prob=prob, patient_ids=ids)
 
     pred = (prob >= threshold).astype(np.int64)
-    cm = confusion(t, pred)
-    tn, fp, fn, tp = (int(c) for c in cm.ravel())
-    n = int(t.size)
-    sensitivity = _ratio(tp, tp + fn)
-    specificity = _ratio(tn, tn + fp)
-
+    tn, fp, fn, tp = (int(c) for c in confusion(t, pred).ravel())
     n_patients = None
-    cis: dict[str, list[float] | None] = {f"{k}_ci95": None for k in ("weighted_f1", *ci_keys)}
+    cis: dict[str, list[float] | None] = {k: None for k in ("weighted_f1", *ci_keys)}
     if ids is not None:
         _, patient = np.unique(ids, return_inverse=True)
         n_patients = int(patient.max()) + 1
         if n_patients >= 2 and n_boot > 0 and ci_keys:
-            draws = np.random.default_rng(seed).integers(0, n_patients, (n_boot, n_patients))
-            times = _times(draws)
-            counts = _replicate_counts(t, pred, patient, times)
-            for key in ci_keys:
-                if key == "roc_auc":
-                    stats = _replicate_auc(t, prob, patient, times)
-                else:
-                    stats = np.asarray(_COUNT_METRICS[key](*counts), dtype=np.float64)
-                lo, hi = _interval(stats, 0.05)
-                if np.isfinite(lo) and np.isfinite(hi):
-                    cis[f"{key}_ci95"] = [lo, hi]
-
+            cis.update(_patient_bootstrap(t, pred, prob, patient, ci_keys, n_boot, seed))
     return {
         "threshold": float(threshold),
         "weighted_f1": weighted_f1(t, pred),
-        "weighted_f1_ci95": cis.pop("weighted_f1_ci95"),
-        "accuracy": (tp + tn) / n,
-        "balanced_accuracy": _json_float((sensitivity + specificity) / 2.0),
-        "sensitivity": _json_float(sensitivity),
-        "specificity": _json_float(specificity),
-        "precision": _json_float(_ratio(tp, tp + fp)),
+        "weighted_f1_ci95": cis.pop("weighted_f1"),
+        **{k: _json_float(f(tn, fp, fn, tp)) for k, f in _COUNT_METRICS.items()
+           if k != "weighted_f1"},  # accuracy, balanced_accuracy, sensitivity, ...
         "roc_auc": _json_float(roc_auc(t, prob)),
         "confusion_matrix": [[tn, fp], [fn, tp]],
-        "n": n,
+        "n": int(t.size),
         "n_patients": n_patients,
-        **cis,
+        **{f"{k}_ci95": v for k, v in cis.items()},
     }

@@ -16,7 +16,7 @@ import numpy as np
 
 AUTOTUNE = -1  # tf.data.AUTOTUNE
 # A pixel belongs to the cell when some channel is above this (the frame is black; the same
-# floor as the store's crops, leukemia.store.crop_to_cell)
+# floor as the store's crops, leukemia.imaging.crop_to_cell)
 FOREGROUND_FLOOR = 10.0
 
 

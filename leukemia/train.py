@@ -12,13 +12,11 @@ times in one process (the Keras session is cleared between runs).
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
 import os
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,8 @@ import numpy as np
 
 from leukemia import metrics as M
 from leukemia.config import TrainConfig
+from leukemia.files import atomic_write, write_history
+from leukemia.folds import check_disjoint, load_split
 from leukemia.pipeline import class_weights, make_dataset, patient_weights
 from leukemia.store import Selection, Store
 
@@ -35,10 +35,6 @@ log = logging.getLogger(__name__)
 
 # callback(epoch (1-based), metrics of that epoch, the Keras model) -> None
 EpochCallback = Callable[[int, dict[str, Any], Any], None]
-
-
-class PatientLeakError(ValueError):
-    """A patient's cells are on both sides of a train/validation split."""
 
 
 @dataclass
@@ -57,14 +53,6 @@ class FitResult:
         scores = [h.get("val_weighted_f1") for h in self.history]
         valid = [(s, i) for i, s in enumerate(scores, 1) if s is not None]
         return max(valid, key=lambda t: (t[0], -t[1]))[1] if valid else None
-
-
-def check_disjoint(train: Selection, val: Selection) -> None:
-    """Raise :class:`PatientLeakError` if a patient is in both selections."""
-    both = sorted(set(train.patient_ids.tolist()) & set(val.patient_ids.tolist()))
-    if both:
-        raise PatientLeakError(f"{len(both)} patient(s) in both the training and the validation "
-                               f"selection: {both[:10]}; split by patient (fold), not by image")
 
 
 _DEVICES_CONFIGURED = False
@@ -179,67 +167,6 @@ def predict_proba(model: Any, images: np.ndarray, batch_size: int = 64,
     ds = make_dataset(images, np.zeros(len(images)), image_size=size, batch_size=batch_size,
                       training=False)
     return np.asarray(model.predict(ds.map(lambda x, _: x), verbose=0)).reshape(-1)
-
-
-CV_FOLDS = 3  # patient groups made when the official folds cannot serve
-MIN_FOLD_SHARE = 0.25  # official folds serve if the smallest holds >= this share of the largest
-
-
-def official_folds_usable(sizes: list[int]) -> bool:
-    """Whether official folds of these sizes can serve as cross-validation folds: at least two,
-    none tiny next to the largest (a held-out fold must not leave a model almost no data)."""
-    return len(sizes) >= 2 and min(sizes) >= MIN_FOLD_SHARE * max(sizes)
-
-
-def cv_folds(patient_ids: np.ndarray, labels: np.ndarray, folds: np.ndarray,
-             k: int = CV_FOLDS) -> np.ndarray:
-    """Cross-validation folds: the official ones, or ``k`` patient groups when there are fewer
-    than two (``../shared/data/cnmc-dev`` holds fold_1 only) or they are very unequal (that
-    set plus the 240-image sample: 80, 3,576 and 43 cells).
-
-    The groups never split a patient; normal patients are dealt out first, one per group in
-    turn (they are few: recognising new people's normal cells is the hard part), then ALL
-    patients, largest first, each to the group with the fewest cells. Deterministic.
-    """
-    official, counts = np.unique(folds, return_counts=True)
-    if official_folds_usable(counts.tolist()):
-        return folds
-    patients = sorted(set(patient_ids.tolist()))
-    cells = {p: int((patient_ids == p).sum()) for p in patients}
-    normal = {p: bool((labels[patient_ids == p] == 0).mean() > 0.5) for p in patients}
-    group: dict[str, int] = {}
-    size = [0] * k
-    for i, p in enumerate(sorted((p for p in patients if normal[p]),
-                                 key=lambda p: (-cells[p], p))):
-        group[p] = i % k
-        size[i % k] += cells[p]
-    for p in sorted((p for p in patients if not normal[p]), key=lambda p: (-cells[p], p)):
-        g = min(range(k), key=lambda j: (size[j], j))
-        group[p] = g
-        size[g] += cells[p]
-    log.info("one official training fold: cross-validating over %d patient groups %s", k,
-             {g: sorted(p for p in patients if group[p] == g) for g in range(k)})
-    return np.asarray([group[p] for p in patient_ids], dtype=np.int8)
-
-
-def load_split(store: Store | str, config: TrainConfig) -> tuple[Selection, Selection | None]:
-    """The training selection (all folds but ``val_fold``) and the validation fold.
-
-    Folds are the official ones, or patient groups (:func:`cv_folds`) when the store has only
-    one training fold.
-    """
-    store = store if isinstance(store, Store) else Store(store)
-    data = store.load("training")
-    data.folds = cv_folds(data.patient_ids, data.labels, data.folds)
-    if config.val_fold is None:
-        return data, None
-    held = data.folds == config.val_fold
-    if not held.any():
-        raise ValueError(f"TrainConfig.val_fold={config.val_fold}: the store has no such fold "
-                         f"(folds {sorted(set(data.folds.tolist()))})")
-    train, val = data.subset(~held), data.subset(held)
-    check_disjoint(train, val)
-    return train, val
 
 
 def fit(config: TrainConfig, store: Store | str | tuple[Selection, Selection | None],
@@ -419,35 +346,6 @@ def _set_backbone_trainable(model: Any, name: str, trainable: bool) -> None:
         model.get_layer(name).trainable = trainable
     except ValueError:  # scratch backbones (small_cnn, unet) have no separate sub-model
         pass
-
-
-def atomic_write(path: str | Path, data: str | bytes) -> None:
-    """Write a file via a temporary name in the same folder, so it is whole or absent."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a unique name opened with "x", not mkstemp: os.replace would keep mkstemp's 0600 mode
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with tmp.open("xb") as fh:
-            fh.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_history(path: str | Path, history: list[dict[str, Any]]) -> None:
-    """Write per-epoch metrics as CSV (columns: the union of the epochs' keys)."""
-    keys: list[str] = []
-    for row in history:
-        keys += [k for k in row if k not in keys]
-    import io
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys)
-    w.writeheader()
-    w.writerows(history)
-    atomic_write(path, buf.getvalue())
 
 
 def save_model(model: Any, path: str | Path) -> None:

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from leukemia import metrics as M
-from leukemia.train import atomic_write
+from leukemia.files import atomic_write
 from search.settings import SearchSettings
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,8 @@ def train_member(config_dict: dict[str, Any], settings: SearchSettings) -> dict[
     import time
 
     from leukemia.config import TrainConfig
-    from leukemia.train import fit, load_split, predict_proba, save_model
+    from leukemia.folds import load_split
+    from leukemia.train import fit, predict_proba, save_model
     from search.resources import trial_gpu_cap
 
     started = time.time()
@@ -211,7 +212,7 @@ def plan_members(trial: dict[str, Any], settings: SearchSettings, folds: list[in
 
 def training_folds(manifest: dict[str, Any]) -> list[int]:
     """The cross-validation folds a store's training split gives (patient groups if one)."""
-    from leukemia.train import CV_FOLDS, official_folds_usable
+    from leukemia.folds import CV_FOLDS, official_folds_usable
 
     folds = manifest.get("folds", {})
     if official_folds_usable([int(c["n"]) for c in folds.values()]):

@@ -87,7 +87,7 @@ def resolve_store(args: argparse.Namespace) -> str:
         else:
             print(f"no --data or --store given: searching the built-in SYNTHETIC demo data in "
                   f"{data} (not real cells)", file=sys.stderr)
-    from leukemia.store import check_crop
+    from leukemia.imaging import check_crop
 
     crop, window = check_crop(args.crop, args.window)
     key = hashlib.sha256(str(data).encode()).hexdigest()[:10]
@@ -444,7 +444,7 @@ def resolve_paths(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     """Where the run writes: a local folder, plus Ray's storage (``--out`` itself if a URI)."""
     from ray import tune
 
-    from leukemia.train import atomic_write
+    from leukemia.files import atomic_write
     from search.cache import cache_root, is_remote
     from search.faults import ResumeError, lock_out
 
@@ -606,7 +606,7 @@ def write_summary(args: argparse.Namespace, trials: list[dict[str, Any]],
                   refused: str | None = None) -> dict[str, Any]:
     """``summary.json``: the headline numbers of the run (``refused``: why nothing was
     exported although the final ran)."""
-    from leukemia.train import atomic_write
+    from leukemia.files import atomic_write
     from search import final as final_mod
 
     best = final_mod.best_trial(trials)

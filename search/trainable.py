@@ -120,8 +120,8 @@ def load_plugins(paths: list[str]) -> None:
 def _data(store_uri: str, val_fold: int | None) -> Any:
     """The ``(train, val)`` selections of a trial: mapped from the node's one decoded copy."""
     from leukemia.config import TrainConfig
+    from leukemia.folds import load_split
     from leukemia.store import Store, shared_selections
-    from leukemia.train import load_split
     from search.cache import decoded_path, local_store
 
     global _STORE_READS
@@ -150,7 +150,7 @@ def _split_tag(store: Any, val_fold: int | None) -> str:
 
     import numpy as np
 
-    from leukemia.train import cv_folds
+    from leukemia.folds import cv_folds
 
     index = store.load("training", pixels=False)
     folds = cv_folds(index.patient_ids, index.labels, index.folds)

@@ -111,8 +111,8 @@ def many_cells(real_data):
 
 
 def test_predict_adapt_bn_scores_with_the_pooled_cells_statistics(tmp_path, capsys, many_cells):
+    from leukemia.imaging import decode_image
     from leukemia.models import load_model
-    from leukemia.store import decode_image
 
     path = _export(tmp_path / "m.keras")
     plain, _ = _scores(capsys, ["predict", str(path), *map(str, many_cells)])

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from leukemia import dataset
-from leukemia.dataset import DatasetError, find_root, parse_name, read_labels_csv, scan
+from leukemia.dataset import DatasetError, find_layout, parse_name, read_labels_csv, scan
 
 CSV_REL = "validation_data/C-NMC_test_prelim_phase_data_labels.csv"
 
@@ -94,17 +94,17 @@ def test_parse_name_rejects_other_names():
 # Finding the root
 
 
-def test_find_root_accepts_root_or_parent(make_tree):
+def test_find_layout_accepts_root_or_parent(make_tree):
     root = make_tree()
 
-    assert find_root(root) == root
-    assert find_root(root.parent) == root
+    assert find_layout(root).root == root
+    assert find_layout(root.parent).root == root
     assert ([r.image_id for r in scan(root).records]
             == [r.image_id for r in scan(root.parent).records])
     assert scan(root.parent).records[0].image_id == "training_data/fold_0/all/UID_10_0_1_all"
 
 
-def test_find_root_rejects_folder_without_cnmc_layout(tmp_path, write_bmp):
+def test_find_layout_rejects_folder_without_cnmc_layout(tmp_path, write_bmp):
     other = tmp_path / "photos"
     write_bmp(other / "train" / "a.bmp", seed=1)
 
@@ -112,7 +112,7 @@ def test_find_root_rejects_folder_without_cnmc_layout(tmp_path, write_bmp):
         scan(other)
 
 
-def test_find_root_rejects_missing_folder(tmp_path):
+def test_find_layout_rejects_missing_folder(tmp_path):
     with pytest.raises(DatasetError, match="nowhere: no such folder"):
         scan(tmp_path / "nowhere")
 
@@ -347,7 +347,7 @@ def test_scan_tcia_layout_matches_kaggle_tree(make_tree, make_tcia_tree, variant
     tcia = scan(given)
 
     assert dataset.find_layout(given).kind == "tcia"
-    assert tcia.root == find_root(given) == find_root(root) == root
+    assert tcia.root == find_layout(given).root == find_layout(root).root == root
     assert same_cells(tcia) == same_cells(kaggle) == same_cells(scan(root))
     assert len(tcia.records) == 11 and tcia.missing_validation == kaggle.missing_validation
     prelim = ("C-NMC_test_prelim_phase_data/C-NMC_test_prelim_phase_data"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from leukemia.train import cv_folds, official_folds_usable
+from leukemia.folds import cv_folds, official_folds_usable
 from search.final import training_folds
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-LIBRARY = ["leukemia", "leukemia.store", "leukemia.train", "leukemia.cli", "leukemia.models",
+LIBRARY = ["leukemia", "leukemia.store", "leukemia.imaging", "leukemia.files", "leukemia.folds",
+           "leukemia.train", "leukemia.cli", "leukemia.models",
            "leukemia.evaluate", "leukemia.dataset", "leukemia.config", "leukemia.pipeline",
            "leukemia.metrics"]
 

@@ -17,7 +17,6 @@ from leukemia.metrics import (
     best_threshold,
     binary_metrics,
     confusion,
-    patient_bootstrap_ci,
     per_patient_accuracy,
     roc_auc,
     roc_curve,
@@ -192,57 +191,64 @@ def test_roc_curve_one_class_gives_nan_axis():
 # --------------------------------------------------------------------------- bootstrap
 
 
-def test_patient_bootstrap_ci_contains_point_estimate():
+def _generic_ci(y_true, values, ids, metric, n_boot=1000, seed=0) -> list[float]:
+    """The patient bootstrap spelled out: pool the drawn patients' cells, call ``metric``."""
+    _, patient = np.unique(ids, return_inverse=True)
+    n = int(patient.max()) + 1
+    groups = [np.flatnonzero(patient == j) for j in range(n)]
+    stats = []
+    for row in np.random.default_rng(seed).integers(0, n, (n_boot, n)):
+        idx = np.concatenate([groups[j] for j in row])
+        stats.append(metric(y_true[idx], values[idx]))
+    stats = np.asarray(stats, dtype=float)
+    return np.quantile(stats[~np.isnan(stats)], [0.025, 0.975]).tolist()
+
+
+def _f1_ci(y_true, y_pred, ids, **kw) -> list[float]:
+    """binary_metrics' weighted F1 CI for hard predictions (as probabilities 0 and 1)."""
+    return binary_metrics(y_true, y_pred.astype(float), ids, **kw)["weighted_f1_ci95"]
+
+
+def test_bootstrap_ci_contains_point_estimate():
     y_true, y_pred, ids = _patients_data(30)
     point = weighted_f1(y_true, y_pred)
-    lo, hi = patient_bootstrap_ci(y_true, y_pred, ids, n_boot=500, seed=0)
+    lo, hi = _f1_ci(y_true, y_pred, ids, n_boot=500, seed=0)
     assert 0.0 <= lo < point < hi <= 1.0
 
 
-def test_patient_bootstrap_ci_narrows_with_more_patients():
+def test_bootstrap_ci_narrows_with_more_patients():
     # Same ten per-patient behaviours, once (10 patients) vs ten times over (100 patients):
     # the point estimate is identical, the interval should shrink by about sqrt(10).
     few = _patients_data(10)
     many = _patients_data(100)
     assert weighted_f1(*few[:2]) == pytest.approx(weighted_f1(*many[:2]))
-    lo10, hi10 = patient_bootstrap_ci(*few, seed=0)
-    lo100, hi100 = patient_bootstrap_ci(*many, seed=0)
+    lo10, hi10 = _f1_ci(*few, seed=0)
+    lo100, hi100 = _f1_ci(*many, seed=0)
     assert lo10 <= weighted_f1(*few[:2]) <= hi10
     assert lo100 <= weighted_f1(*many[:2]) <= hi100
     assert hi100 - lo100 < 0.6 * (hi10 - lo10)
 
 
-def test_patient_bootstrap_ci_deterministic_for_seed():
+def test_bootstrap_ci_deterministic_for_seed():
     data = _patients_data(20)
-    assert patient_bootstrap_ci(*data, seed=7) == patient_bootstrap_ci(*data, seed=7)
-    assert patient_bootstrap_ci(*data, seed=7) != patient_bootstrap_ci(*data, seed=8)
+    assert _f1_ci(*data, seed=7) == _f1_ci(*data, seed=7)
+    assert _f1_ci(*data, seed=7) != _f1_ci(*data, seed=8)
 
 
-def test_patient_bootstrap_ci_fast_path_equals_generic_path():
-    # The default metric uses per-patient counts; a wrapped one pools cells per replicate.
+def test_bootstrap_ci_equals_pooling_the_drawn_cells():
+    # The counts path (one matrix product) against the generic loop over replicates.
     data = _patients_data(15)
-    fast = patient_bootstrap_ci(*data, n_boot=200, seed=3)
-    slow = patient_bootstrap_ci(*data, lambda t, p: weighted_f1(t, p), n_boot=200, seed=3)
-    assert fast == pytest.approx(slow, abs=1e-12)
+    fast = _f1_ci(*data, n_boot=200, seed=3)
+    assert fast == pytest.approx(_generic_ci(*data, weighted_f1, n_boot=200, seed=3), abs=1e-12)
 
 
-def test_patient_bootstrap_ci_custom_metric():
-    y_true, y_pred, ids = _patients_data(20)
-    accuracy = float(np.mean(y_true == y_pred))  # (sum of correct) / 400 = 0.85
-    lo, hi = patient_bootstrap_ci(
-        y_true, y_pred, ids, lambda t, p: float(np.mean(t == p)), n_boot=300, alpha=0.1
-    )
-    assert lo < accuracy < hi
-
-
-def test_patient_bootstrap_ci_resamples_patients_not_cells():
+def test_bootstrap_ci_resamples_patients_not_cells():
     # Two patients, one all right and one all wrong: every replicate is 0, 1/2 or 1, so the
     # interval spans patients' outcomes, which a cell bootstrap (n=200) would never reach.
     y_true = np.array([1] * 100 + [0] * 100)
-    y_pred = np.array([1] * 100 + [1] * 100)
     ids = np.array(["A"] * 100 + ["B"] * 100)
-    lo, hi = patient_bootstrap_ci(y_true, y_pred, ids, lambda t, p: float(np.mean(t == p)))
-    assert (lo, hi) == (0.0, 1.0)
+    m = binary_metrics(y_true, np.ones(200), ids, ci_keys=("accuracy",))
+    assert m["accuracy_ci95"] == [0.0, 1.0]
 
 
 # --------------------------------------------------------------------------- per patient
@@ -363,8 +369,8 @@ def test_binary_metrics_threshold_key_and_effect():
 
 
 def test_binary_metrics_ci_keys_match_generic_bootstrap():
-    # Every CI comes from the same replicates as patient_bootstrap_ci with the same seed, whose
-    # generic path pools the drawn patients' cells and calls the metric on them.
+    # Every CI comes from the same replicates as the generic bootstrap with the same seed,
+    # which pools the drawn patients' cells and calls the metric on them.
     rng = np.random.default_rng(6)
     y_true = (rng.random(300) < 0.6).astype(int)
     y_prob = np.round(np.clip(0.3 * y_true + 0.7 * rng.random(300), 0, 1), 2)  # with ties
@@ -381,17 +387,11 @@ def test_binary_metrics_ci_keys_match_generic_bootstrap():
         "balanced_accuracy": lambda t, p: skm.balanced_accuracy_score(t, p),
     }
     for key, metric in generic.items():
-        expected = patient_bootstrap_ci(y_true, y_pred, ids, metric, n_boot=200, seed=3)
+        expected = _generic_ci(y_true, y_pred, ids, metric, n_boot=200, seed=3)
         assert m[f"{key}_ci95"] == pytest.approx(expected, abs=1e-12), key
-    # AUC needs the probabilities: pool the drawn cells as the generic path does.
-    _, patient = np.unique(ids, return_inverse=True)
-    draws = np.random.default_rng(3).integers(0, 12, (200, 12))
-    groups = [np.flatnonzero(patient == j) for j in range(12)]
-    stats = []
-    for row in draws:
-        idx = np.concatenate([groups[j] for j in row])
-        stats.append(skm.roc_auc_score(y_true[idx], y_prob[idx]))
-    assert m["roc_auc_ci95"] == pytest.approx(np.quantile(stats, [0.025, 0.975]), abs=1e-12)
+    # AUC needs the probabilities.
+    expected = _generic_ci(y_true, y_prob, ids, skm.roc_auc_score, n_boot=200, seed=3)
+    assert m["roc_auc_ci95"] == pytest.approx(expected, abs=1e-12)
 
 
 def test_binary_metrics_ci_keys_default_unchanged_and_empty():
@@ -576,21 +576,6 @@ def test_validation_binary_metrics_negative_n_boot():
 def test_validation_patient_ids_not_1d():
     with pytest.raises(ValueError, match="patient_ids must be 1-D"):
         per_patient_accuracy([0, 1], [0, 1], [["a", "b"]])
-
-
-def test_validation_bootstrap_one_patient():
-    with pytest.raises(ValueError, match="at least 2 patients, got 1 \\('a'\\)"):
-        patient_bootstrap_ci([0, 1], [0, 1], ["a", "a"])
-
-
-def test_validation_bootstrap_n_boot():
-    with pytest.raises(ValueError, match="n_boot must be >= 1, got 0"):
-        patient_bootstrap_ci([0, 1], [0, 1], ["a", "b"], n_boot=0)
-
-
-def test_validation_bootstrap_alpha():
-    with pytest.raises(ValueError, match=r"alpha must be in \(0, 1\), got 1.5"):
-        patient_bootstrap_ci([0, 1], [0, 1], ["a", "b"], alpha=1.5)
 
 
 # --------------------------------------------------------------------------- imports

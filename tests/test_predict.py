@@ -25,9 +25,10 @@ from leukemia.evaluate import (
     model_features,
     neighbour_correction,
 )
+from leukemia.imaging import decode_image
 from leukemia.models import create_backbone, export_model, load_model
 from leukemia.rules import Rule, prior_cut
-from leukemia.store import Store, decode_image
+from leukemia.store import Store
 from leukemia.train import predict_proba, save_model
 
 SIZE = 32

@@ -22,16 +22,9 @@ import pytest
 
 from leukemia.cli import main
 from leukemia.dataset import IMAGE_SUFFIXES
+from leukemia.imaging import CELL_PIXELS, GRAYSCALE_NOTE, UNREADABLE, no_cell_reason, read_frame
 from leukemia.models import create_backbone, export_model, load_model
-from leukemia.store import (
-    CELL_PIXELS,
-    GRAYSCALE_NOTE,
-    UNREADABLE,
-    Store,
-    ingest,
-    no_cell_reason,
-    read_frame,
-)
+from leukemia.store import Store, ingest
 from leukemia.train import predict_proba, save_model
 
 SIZE = 32
@@ -130,7 +123,7 @@ def test_predict_scores_every_readable_image_and_lists_every_bad_one(tmp_path, c
 
 def _model_pixels(path: Path) -> np.ndarray:
     """The pixels the model sees for ``path``: its cell crop at 32 px."""
-    from leukemia.store import decode_image
+    from leukemia.imaging import decode_image
 
     return decode_image(str(path), SIZE, "cell")[0]
 

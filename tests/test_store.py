@@ -28,19 +28,8 @@ import pytest
 
 from leukemia import cli
 from leukemia.dataset import DatasetError
-from leukemia.store import (
-    DATA_FILE,
-    MANIFEST,
-    Store,
-    StoreError,
-    check_crop,
-    crop_to_cell,
-    crop_window,
-    decode_image,
-    describe,
-    ingest,
-    preprocess_frame,
-)
+from leukemia.imaging import check_crop, crop_to_cell, crop_window, decode_image, preprocess_frame
+from leukemia.store import DATA_FILE, MANIFEST, Store, StoreError, describe, ingest
 
 REPO = Path(__file__).resolve().parents[1]
 SPLITS = {"training": "training", "validation(prelim_test)": "validation"}

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from leukemia.config import TrainConfig
+from leukemia.folds import load_split
 from leukemia.store import Selection, Store, StoreError, _map_decoded, shared_selections
-from leukemia.train import load_split
 from search import trainable
 from search.cache import decoded_path
 

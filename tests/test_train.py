@@ -14,18 +14,10 @@ import pytest
 from leukemia import metrics as M
 from leukemia.cli import main
 from leukemia.config import TrainConfig
+from leukemia.folds import PatientLeakError, check_disjoint, cv_folds, load_split
 from leukemia.models import load_model
 from leukemia.store import Selection, Store, ingest
-from leukemia.train import (
-    PatientLeakError,
-    check_disjoint,
-    cv_folds,
-    fit,
-    learning_rate,
-    load_split,
-    predict_proba,
-    save_model,
-)
+from leukemia.train import fit, learning_rate, predict_proba, save_model
 
 METRIC_KEYS = {"weighted_f1", "weighted_f1_ci95", "accuracy", "balanced_accuracy", "sensitivity",
                "specificity", "precision", "roc_auc", "confusion_matrix", "n", "n_patients",
