@@ -1,13 +1,10 @@
 """Pictures for ``report.html``: cell images, matplotlib figures, the data and error galleries.
 
-:func:`png_data_uri` turns a cell image into a small PNG ``data:`` URI (at most 96 px a side)
-and :func:`svg` a matplotlib figure into inline SVG (text kept as text, no metadata), so the
-page stays one file that needs no network. :func:`overview` gathers the data overview (cells
-per split, fold and patient, sample cells of each class) and :func:`errors` the validation
-cells the final model got wrong at its threshold, most confidently wrong first; the template
-``templates/report.html.j2`` lays them out. A picture that cannot be drawn becomes a
-placeholder that says why; a missing input becomes a note. Called by
-``search.report.write_report``.
+:func:`png_data_uri` makes a cell image a small PNG ``data:`` URI and :func:`svg` a matplotlib
+figure inline SVG (text kept as text), so the page stays one file. :func:`overview` gathers the
+data overview (cells per split, fold and patient; sample cells) and :func:`errors` the
+validation cells the final model got wrong, most confidently wrong first. A picture that cannot
+be drawn becomes a placeholder that says why; a missing input, a note.
 """
 
 from __future__ import annotations

@@ -1,21 +1,13 @@
 """Write a search's results: ``trials.csv`` and one self-contained ``report.html``.
 
 The search driver calls :func:`write_trials_csv` as trials finish and :func:`write_report` at the
-end. The report is one HTML page rendered from ``templates/report.html.j2`` (Jinja2, autoescaped)
-with inline CSS, matplotlib figures as inline SVG and cell pictures as inline PNG ``data:`` URIs:
-no JavaScript, no network, so it opens anywhere, from any copy of the run folder. This module
-draws the search (header, optimization history, Optuna's parameter importances, learning curves
-with ASHA's stops, trials); ``search.report_final`` the final model's section and
-``search.gallery`` the pictures (data overview, misclassified cells).
-
-The objective is ``val_weighted_f1`` (the C-NMC 2019 challenge metric), maximised; a trial's
-score in the tables is its best epoch. The best trial is the search's
-(``search.final.best_trial``): the highest held-out score at the last epoch among the trials that
-ran the whole budget (any epoch of any trial only when none did), as the final retrain uses;
-never a trial whose judged epoch was ``constant`` (one class for every held-out cell, no
-ranking), a status of its own.
-
-Both writers replace their file atomically, so a reader never sees a half-written file.
+end. The report is ``templates/report.html.j2`` rendered by Jinja2 with autoescape: inline CSS,
+matplotlib figures as inline SVG, cell pictures as PNG ``data:`` URIs; no JavaScript and no
+network, so it opens anywhere. This module draws the search (optimization history, Optuna's
+parameter importances, learning curves with ASHA's stops, the trials); ``search.report_final``
+the final model and ``search.gallery`` the pictures. The objective is ``val_weighted_f1`` (the
+C-NMC 2019 challenge metric), maximised; the best trial is ``search.final.best_trial``'s, never a
+``constant`` one (one class for every held-out cell). Both files are replaced atomically.
 """
 
 from __future__ import annotations
@@ -222,24 +214,6 @@ def _curves(trials: list[dict], max_t: int, best: dict | None) -> Markup | None:
     return svg(fig)
 
 
-def _trial_rows(trials: list[dict]) -> tuple[list[str], list[list[tuple[Any, str | None]]]]:
-    """The trials table for the page: (text, full text of a shortened cell) per cell."""
-    columns, rows = _table(trials)
-    out = []
-    for row in rows:
-        cells: list[tuple[Any, str | None]] = []
-        for column, value in zip(columns, row):
-            if column in ("started_at", "ended_at"):
-                value = _when(value)
-            limit = {"error": 60, "node_id": 10}.get(column)
-            if limit and value and len(str(value)) > limit:
-                cells.append((str(value)[:limit] + "…", str(value)))
-            else:
-                cells.append((value, None))
-        out.append(cells)
-    return [c.removeprefix("param_") for c in columns], out
-
-
 def _fmt(value: Any) -> str:
     """Short text for a value: a dash for None, 4 significant digits for floats."""
     if value is None:
@@ -260,7 +234,7 @@ def _fixed(value: Any) -> str:
 _ENV = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
     autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-_ENV.filters.update(fmt=_fmt, fixed=_fixed)
+_ENV.filters.update(fmt=_fmt, fixed=_fixed, when=_when)
 _ENV.globals.update(colour=_colour)
 
 
@@ -269,24 +243,19 @@ def write_report(path: Path, *, trials: list[dict], study: optuna.Study | None,
                  overview: dict | None = None) -> None:
     """Write the run's self-contained HTML report atomically.
 
-    The page holds: the reproduce command, settings, trial counts and the best trial; the final
-    model (``search.report_final``): its members and decision threshold, metrics on
-    validation_data at 0.5 and at the threshold beside the cross-validated estimate with CIs,
-    confusion matrices, ROC curve, weighted F1 by threshold with the chosen point, per-patient
-    accuracy; the validation cells it got wrong, as pictures with their P(ALL); a data
-    overview (cells per split, fold and patient, sample cells of each class;
-    ``search.gallery``); the optimization history; Optuna's parameter importances; every
-    trial's learning curve with ASHA's stops marked; and the trials table. Sections whose inputs
-    are missing (``study``, ``final``, ``overview`` or any of ``final``'s keys None or absent,
-    no scores yet, importances that cannot be computed) show a note instead of failing.
+    The page holds the reproduce command, settings, trial counts and the best trial; the final
+    model (``search.report_final``); the validation cells it got wrong and a data overview
+    (``search.gallery``); the optimization history; Optuna's parameter importances; every
+    trial's learning curve with ASHA's stops marked; and the trials table. A section whose
+    input is missing (``study``, ``final``, ``overview``, any of ``final``'s keys, no scores
+    yet, importances that cannot be computed) shows a note instead.
 
     Args:
         path: Destination file, e.g. ``runs/<name>/report.html``; its folder is created.
         trials: Trial dicts as for :func:`write_trials_csv`, with ``history`` rows holding
             ``epoch`` and ``val_weighted_f1``.
         study: The Optuna study behind the search, for parameter importances, or None.
-        final: The final step's result, or None if it did not run; see
-            ``search.report_final.final_section`` and ``search.gallery.errors``.
+        final: The final step's result (``search.report_final.FINAL_KEYS``), or None.
         command: The command that reproduces the run; shown verbatim.
         settings: The run's fixed settings, shown as a table.
         max_t: ASHA's epoch budget; the learning curves' x axis spans 1..max_t.
@@ -298,7 +267,7 @@ def write_report(path: Path, *, trials: list[dict], study: optuna.Study | None,
     order = [*STATUS_COLOURS, *sorted(set(counts) - set(STATUS_COLOURS))]
     best = _best(ordered)
     fin = final_section(final)
-    columns, rows = _trial_rows(ordered)
+    columns, rows = _table(ordered)
     page = _ENV.get_template("report.html.j2").render(
         metric=METRIC, generated=_when(time.time()), command=command, settings=settings,
         counts=[(s, counts[s]) for s in order if counts[s]], n_trials=len(ordered), best=best,
@@ -307,5 +276,5 @@ def write_report(path: Path, *, trials: list[dict], study: optuna.Study | None,
         overview=gallery.overview(overview), history=_history(ordered),
         unscored=sum(num(t["best_score"]) is None for t in ordered),
         importances=_importances(study), curves=_curves(ordered, max_t, best),
-        columns=columns, rows=rows)
+        columns=[c.removeprefix("param_") for c in columns], rows=rows)
     atomic_write(path, page)

@@ -1,13 +1,11 @@
 """The final model's section of ``report.html``: what was exported and how well it does.
 
-:func:`final_section` turns the ``final`` dict that ``search.final`` builds into the content the
-template ``templates/report.html.j2`` lays out: the members of the exported model, the decision
-threshold and where it came from, the metrics on validation_data at 0.5 and at the stored
-threshold beside the cross-validated (out-of-fold) estimate with patient-bootstrap CIs, a
-confusion matrix per column (scikit-learn's ``ConfusionMatrixDisplay``), the ROC curve
-(``RocCurveDisplay``), weighted F1 as a function of the threshold with the chosen point, and
-per-patient accuracy. Every key is optional: a missing or None value shows a note or drops its
-column, so older results and runs without a validation split still render.
+:func:`final_section` turns the ``final`` dict that ``search.final`` builds into what the
+template shows: the exported model's members and decision threshold, the metrics on
+validation_data at 0.5 and at the threshold beside the cross-validated (out-of-fold) estimate
+with patient-bootstrap CIs, scikit-learn's ``ConfusionMatrixDisplay`` per column and
+``RocCurveDisplay``, weighted F1 by threshold with the chosen point, per-patient accuracy. Every
+key is optional: a missing or None value shows a note or drops its column.
 """
 
 from __future__ import annotations
@@ -27,15 +25,14 @@ __all__ = ["FINAL_KEYS", "final_section"]
 FINAL_KEYS = ("trial_id", "config", "epochs", "seeds", "members", "threshold",
               "threshold_source", "metrics", "metrics_at_threshold", "cv", "cv_curve",
               "seed_summary", "roc", "per_patient", "wrong")
-METRIC_ROWS = (
-    ("weighted_f1", "Weighted F1 (challenge metric)"),
-    ("accuracy", "Accuracy"),
-    ("balanced_accuracy", "Balanced accuracy"),
-    ("sensitivity", "Sensitivity (recall of ALL)"),
-    ("specificity", "Specificity (recall of normal)"),
-    ("precision", "Precision (of ALL)"),
-    ("roc_auc", "ROC AUC"),
-)
+METRIC_ROWS = {"weighted_f1": "Weighted F1 (challenge metric)", "accuracy": "Accuracy",
+               "balanced_accuracy": "Balanced accuracy",
+               "sensitivity": "Sensitivity (recall of ALL)",
+               "specificity": "Specificity (recall of normal)", "precision": "Precision (of ALL)",
+               "roc_auc": "ROC AUC"}
+# Every key of a metrics dict (leukemia.metrics.binary_metrics) that the section reads
+_METRIC_KEYS = dict.fromkeys((*METRIC_ROWS, *(f"{k}_ci95" for k in METRIC_ROWS), "n",
+                              "n_patients", "threshold", "confusion_matrix"))
 
 
 def _columns(final: dict) -> list[tuple[str, dict]]:
@@ -45,10 +42,10 @@ def _columns(final: dict) -> list[tuple[str, dict]]:
     half = None
     for name, key in (("validation", "metrics"), ("validation", "metrics_at_threshold"),
                       ("cross-validation (out-of-fold)", "cv")):
-        metrics = final[key]
-        if not metrics:
+        if not final[key]:
             continue
-        own = num(metrics.get("threshold"))  # older results do not carry their threshold
+        metrics = {**_METRIC_KEYS, **final[key]}
+        own = num(metrics["threshold"])  # older results do not carry their threshold
         t = own if own is not None else 0.5 if key == "metrics" else threshold
         if key == "metrics":
             half = t
@@ -61,26 +58,25 @@ def _columns(final: dict) -> list[tuple[str, dict]]:
 
 def _ci(metrics: dict, key: str) -> tuple[float, float] | None:
     """A metric's 95% CI, if it has a finite one."""
-    ci = [num(c) for c in metrics.get(f"{key}_ci95") or ()]
+    ci = [num(c) for c in metrics[f"{key}_ci95"] or ()]
     return (ci[0], ci[1]) if len(ci) == 2 and None not in ci else None  # type: ignore[return-value]
 
 
 def _metrics(final: dict, cols: list[tuple[str, dict]]) -> dict[str, Any]:
     """The metrics table: one row per metric, one column per data set, the seeds' spread."""
-    summary = final["seed_summary"] or {}
-    n_seeds = max([len(final["seeds"] or []),
-                   *(len(s.get("values") or []) for s in summary.values())])
+    none: dict[str, Any] = {"mean": None, "std": None, "values": []}
+    summary = {k: {**none, **(s or {})} for k, s in (final["seed_summary"] or {}).items()}
+    n_seeds = max([len(final["seeds"] or []), *(len(s["values"]) for s in summary.values())])
     rows = []
-    for key, name in METRIC_ROWS:
-        cells = [(m.get(key), _ci(m, key)) for _, m in cols]
-        spread = summary.get(key) or {}
-        mean, std = num(spread.get("mean")), num(spread.get("std"))
-        rows.append((name, cells, "—" if mean is None else f"{mean:.4f} ± {std or 0.0:.4f}",
-                     spread.get("values") or []))
+    for key, name in METRIC_ROWS.items():
+        spread = summary.get(key, none)
+        mean, std = num(spread["mean"]), num(spread["std"])
+        rows.append((name, [(m[key], _ci(m, key)) for _, m in cols],
+                     "—" if mean is None else f"{mean:.4f} ± {std or 0.0:.4f}", spread["values"]))
     sizes = {name.split(",")[0]: m for name, m in cols}  # one line per data set
     return {"columns": [name for name, _ in cols], "rows": rows,
             "seeds": n_seeds if n_seeds > 1 else None,
-            "sizes": [(name, m.get("n"), m.get("n_patients")) for name, m in sizes.items()]}
+            "sizes": [(name, m["n"], m["n_patients"]) for name, m in sizes.items()]}
 
 
 def _confusion(matrix: Any) -> Markup | None:
@@ -100,7 +96,8 @@ def _confusion(matrix: Any) -> Markup | None:
 
 def _roc(roc: dict | None, auc: Any) -> Markup | None:
     """scikit-learn's ROC curve display with the chance diagonal; AUC in the legend."""
-    fpr, tpr = (np.asarray((roc or {}).get(k) or [], dtype=float) for k in ("fpr", "tpr"))
+    roc = {"fpr": None, "tpr": None, **(roc or {})}
+    fpr, tpr = (np.asarray(roc[k] or [], dtype=float) for k in ("fpr", "tpr"))
     if not len(fpr) or len(fpr) != len(tpr):
         return None
     fig, ax = figure(4.2, 3.6)
@@ -112,8 +109,8 @@ def _roc(roc: dict | None, auc: Any) -> Markup | None:
 
 def _threshold_curve(final: dict) -> Markup | None:
     """Out-of-fold weighted F1 against the decision threshold, the chosen point and 0.5."""
-    curve = final["cv_curve"] or {}
-    x, y = (np.asarray(curve.get(k) or [], dtype=float) for k in ("thresholds", "weighted_f1"))
+    curve = {"thresholds": None, "weighted_f1": None, **(final["cv_curve"] or {})}
+    x, y = (np.asarray(curve[k] or [], dtype=float) for k in ("thresholds", "weighted_f1"))
     if not len(x) or len(x) != len(y):
         return None
     order = np.argsort(x)
@@ -122,7 +119,7 @@ def _threshold_curve(final: dict) -> Markup | None:
     ax.axvline(0.5, color="#999999", linestyle="--", label="t = 0.5")
     chosen = num(final["threshold"])
     if chosen is not None:
-        at = num((final["cv"] or {}).get("weighted_f1"))
+        at = num({**_METRIC_KEYS, **(final["cv"] or {})}["weighted_f1"])
         at = float(np.interp(chosen, x[order], y[order])) if at is None else at
         ax.plot([chosen], [at], "o", color="#c0392b", markersize=8,
                 label=f"chosen t = {chosen:.3g} (weighted F1 {at:.4f})")
@@ -135,14 +132,16 @@ def _threshold_curve(final: dict) -> Markup | None:
 
 def _patients(per_patient: list[dict] | None) -> Markup | None:
     """Per-patient accuracy bars, worst at the top, coloured by the patient's class."""
-    rows = [p for p in per_patient or [] if num(p.get("accuracy")) is not None]
+    keys = dict.fromkeys(("patient_id", "label", "n", "accuracy"))
+    rows = [{**keys, **p} for p in per_patient or []]
+    rows = sorted((p for p in rows if num(p["accuracy"]) is not None),
+                  key=lambda p: (-p["accuracy"], str(p["patient_id"])))
     if not rows:
         return None
-    rows.sort(key=lambda p: (-p["accuracy"], str(p.get("patient_id"))))
     fig, ax = figure(6.5, 0.8 + 0.28 * len(rows))
-    bars = ax.barh([str(p.get("patient_id")) for p in rows], [p["accuracy"] for p in rows],
-                   color=[CLASS_COLOURS.get(p.get("label"), "#555555") for p in rows])
-    ax.bar_label(bars, [f"{p['accuracy']:.2f} (n={p.get('n', '?')})" for p in rows], padding=3)
+    bars = ax.barh([str(p["patient_id"]) for p in rows], [p["accuracy"] for p in rows],
+                   color=[CLASS_COLOURS.get(p["label"], "#555555") for p in rows])
+    ax.bar_label(bars, [f"{p['accuracy']:.2f} (n={p['n']})" for p in rows], padding=3)
     ax.set(xlim=(0, 1.25), xlabel="accuracy")
     ax.legend(handles=[Patch(color=CLASS_COLOURS[k], label=f"{CLASS_NAMES[k]} patient")
                        for k in (0, 1)], loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
@@ -151,10 +150,11 @@ def _patients(per_patient: list[dict] | None) -> Markup | None:
 
 def _members(members: list[dict]) -> dict[str, Any]:
     """One row per model averaged in the exported ensemble, with its training time if known."""
-    timed = any(num(m.get("started_at")) is not None for m in members)
+    keys = dict.fromkeys(("fold", "seed", "epochs", "started_at", "ended_at"))
+    members = [{**keys, **m} for m in members]
+    timed = any(num(m["started_at"]) is not None for m in members)
     rows = []
     for i, m in enumerate(members):
-        m = {**dict.fromkeys(("fold", "seed", "epochs", "started_at", "ended_at")), **m}
         row = [i, "none (all training folds)" if m["fold"] is None else m["fold"], m["seed"],
                m["epochs"]]
         start, end = num(m["started_at"]), num(m["ended_at"])
@@ -180,13 +180,13 @@ def final_section(final: dict | None) -> dict[str, Any] | None:
     if final is None:
         return None
     final = {**dict.fromkeys(FINAL_KEYS), **final}
-    cols = _columns(final)
-    val = final["metrics"] or final["metrics_at_threshold"]
-    auc = (val or final["cv"] or {}).get("roc_auc")
+    cols = _columns(final)  # validation first: the ROC curve's AUC is the first column's
     return {**final, "threshold": num(final["threshold"]), "seeds": list(final["seeds"] or []),
-            "members": _members(final["members"] or []), "has_validation": bool(val),
+            "members": _members(final["members"] or []),
+            "has_validation": bool(final["metrics"] or final["metrics_at_threshold"]),
             "table": _metrics(final, cols), "config": sorted((final["config"] or {}).items()),
-            "confusions": [(name, _confusion(m.get("confusion_matrix"))) for name, m in cols
-                           if m.get("confusion_matrix") is not None],
-            "roc": _roc(final["roc"], auc), "threshold_curve": _threshold_curve(final),
+            "confusions": [(name, _confusion(m["confusion_matrix"])) for name, m in cols
+                           if m["confusion_matrix"] is not None],
+            "roc": _roc(final["roc"], cols[0][1]["roc_auc"] if cols else None),
+            "threshold_curve": _threshold_curve(final),
             "per_patient": _patients(final["per_patient"])}
