@@ -117,7 +117,7 @@ def _counts(rows: dict, patients: dict | None) -> list[list[Any]]:
 def _patients(split: str, sizes: dict[str, int]) -> dict[str, Any]:
     """A split's patients: how many, cells each, and a bar chart of cells per patient."""
     values = sorted(sizes.values())
-    fig, ax = figure(7, 0.6 + 0.22 * len(sizes))
+    fig, ax = figure(7, 1.1 + 0.22 * len(sizes))
     order = sorted(sizes.items(), key=lambda pn: (pn[1], pn[0]))  # most cells at the top
     bars = ax.barh([p for p, _ in order], [n for _, n in order], color="#7f8c8d")
     ax.bar_label(bars, padding=3)

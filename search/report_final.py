@@ -101,8 +101,8 @@ def _roc(roc: dict | None, auc: Any) -> Markup | None:
     if not len(fpr) or len(fpr) != len(tpr):
         return None
     fig, ax = figure(4.2, 3.6)
-    RocCurveDisplay(fpr=fpr, tpr=tpr, roc_auc=num(auc), name="ROC").plot(
-        ax=ax, plot_chance_level=True)
+    RocCurveDisplay(fpr=fpr, tpr=tpr, roc_auc=num(auc)).plot(  # 1.5 takes name= only here
+        ax=ax, name="ROC", plot_chance_level=True)
     ax.set(xlabel="false positive rate (1 − specificity)", ylabel="true positive rate")
     return svg(fig)
 
