@@ -1,40 +1,61 @@
-"""Pictures of cells for ``report.html``: a data overview and the gallery of errors.
+"""Pictures for ``report.html``: cell images, matplotlib figures, the data and error galleries.
 
-:func:`overview_section` shows how many cells each split, fold and patient holds (the store
-manifest's counts) and a grid of sample cells of each class; :func:`errors_section` shows the
-validation cells the final model got wrong at its threshold, normal cells called ALL and ALL
-cells called normal, most confident first, each with its P(ALL). Images are small PNGs
-(:func:`png_data_uri`, at most 96 px a side) embedded as ``data:`` URIs, so the page stays one
-file. A picture that cannot be drawn becomes a placeholder that says why; a missing input
-becomes a note. Called by ``search.report.write_report``.
+:func:`png_data_uri` makes a cell image a small PNG ``data:`` URI and :func:`svg` a matplotlib
+figure inline SVG (text kept as text), so the page stays one file. :func:`overview` gathers the
+data overview (cells per split, fold and patient; sample cells) and :func:`errors` the
+validation cells the final model got wrong, most confidently wrong first. A picture that cannot
+be drawn becomes a placeholder that says why; a missing input, a note.
 """
 
 from __future__ import annotations
 
 import base64
+import io
+import math
 import statistics
-from collections.abc import Sequence
 from typing import Any
 
+import matplotlib
 import numpy as np
+from markupsafe import Markup
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-from search.svg import CLASS_COLOURS, CLASS_NAMES, esc, fmt, hbars, note, num
-
-__all__ = ["CSS", "MAX_ERRORS", "MAX_SIDE", "errors_section", "overview_section", "png_data_uri"]
+__all__ = ["MAX_ERRORS", "MAX_SIDE", "errors", "figure", "num", "overview", "png_data_uri", "svg"]
 
 MAX_SIDE = 96  # pixels: a 96 px PNG of a cell is ~20 KB, enough to see its nucleus
 MAX_ERRORS = 60  # gallery cap; the final step passes ~48
 MAX_SAMPLES = 24  # sample cells shown per class
+CLASS_NAMES = {0: "normal", 1: "ALL"}
+CLASS_COLOURS: dict[Any, str] = {0: "#2e9d5b", 1: "#8e44ad"}
 _NAME_TO_LABEL = {"ALL": 1, "all": 1, "normal": 0, "hem": 0}
 
-CSS = """
-.cells{display:flex;flex-wrap:wrap;gap:10px;margin:6px 0 14px}
-figure.cell{margin:0;width:104px;font-size:11px;line-height:1.3;text-align:center}
-figure.cell img{display:block;margin:0 auto 3px;border:3px solid #ccc;border-radius:3px;
- background:#000}
-.cell-missing{width:96px;height:96px;margin:0 auto 3px;background:#eee;color:#900;
- font-size:10px;overflow:hidden;display:flex;align-items:center;justify-content:center}
-"""
+
+def num(value: Any) -> float | None:
+    """``value`` as a finite float, or None for None, NaN, infinities, bools and non-numbers."""
+    if isinstance(value, bool):
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def figure(width: float, height: float) -> tuple[Figure, Axes]:
+    """A new figure (no pyplot state) with one axes, laid out to fit its labels."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def svg(fig: Figure) -> Markup:
+    """``fig`` as an inline ``<svg>`` element whose text stays selectable text."""
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        fig.savefig(buf, format="svg", metadata=dict.fromkeys(("Creator", "Date", "Format",
+                                                                 "Type")))
+    text = buf.getvalue()
+    return Markup(text[text.index("<svg"):])  # drop the XML prolog and DOCTYPE
 
 
 def png_data_uri(rgb: Any, max_side: int = MAX_SIDE) -> str:
@@ -70,186 +91,112 @@ def png_data_uri(rgb: Any, max_side: int = MAX_SIDE) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
 
 
-def _figure(pixels: Any, caption: str, title: str, colour: str) -> str:
-    """One captioned cell picture, or a placeholder saying why it cannot be drawn."""
+def _picture(pixels: Any, label: Any, title: str, caption: str = "", patient: Any = None
+             ) -> dict[str, Any]:
+    """One cell picture for the template: its URI (or why there is none), frame colour, text."""
+    picture = {"title": title, "caption": caption, "patient": patient, "uri": None,
+               "error": None, "colour": CLASS_COLOURS.get(label, "#ccc")}
     try:
-        uri = png_data_uri(pixels)
-        h, w = np.asarray(pixels).shape[:2]
-        scale = min(1.0, MAX_SIDE / max(h, w))
-        img = (f'<img src="{uri}" width="{max(1, round(w * scale))}" '
-               f'height="{max(1, round(h * scale))}" alt="{esc(title)}" '
-               f'style="border-color:{colour}">')
+        picture["uri"] = png_data_uri(pixels)
     except (ValueError, TypeError) as exc:
-        img = f'<div class="cell-missing">{esc(exc)}</div>'
-    return (f'<figure class="cell" title="{esc(title)}">{img}'
-            f"<figcaption>{caption}</figcaption></figure>")
+        picture["error"] = str(exc)
+    return picture
 
 
-# --------------------------------------------------------------------------- overview
-
-
-def _class_counts(row: dict) -> tuple[int, int, int]:
-    """(cells, ALL, normal) of a manifest count row (``n``, ``all``, ``hem``)."""
-    n_all, n_hem = int(row.get("all") or 0), int(row.get("hem") or 0)
-    return int(row.get("n") or n_all + n_hem), n_all, n_hem
-
-
-def _counts_table(rows: dict, what: str, patients: dict | None = None) -> str:
-    """Cells, ALL, normal and share of ALL per split or fold (and patients per split)."""
-    head = f"<tr><th>{esc(what)}</th><th>cells</th><th>ALL</th><th>normal</th><th>% ALL</th>"
-    head += "<th>patients</th></tr>" if patients is not None else "</tr>"
-    body = []
+def _counts(rows: dict, patients: dict | None) -> list[list[Any]]:
+    """Cells, ALL, normal, share of ALL (and patients) per split or fold of the manifest."""
+    out = []
     for name, row in rows.items():
-        n, n_all, n_hem = _class_counts(row or {})
-        share = f"{100 * n_all / n:.0f}%" if n else "—"
-        cells = (f"<tr><th>{esc(name)}</th><td>{n}</td><td>{n_all}</td><td>{n_hem}</td>"
-                 f"<td>{share}</td>")
-        if patients is not None:
-            cells += f"<td>{len(patients.get(name) or {})}</td>"
-        body.append(cells + "</tr>")
-    return f'<table class="grid">{head}{"".join(body)}</table>'
+        n_all, n_hem = int(row.get("all") or 0), int(row.get("hem") or 0)
+        n = int(row.get("n") or n_all + n_hem)
+        cells = [name, n, n_all, n_hem, f"{100 * n_all / n:.0f}%" if n else "—"]
+        out.append(cells + ([len(patients.get(name) or {})] if patients is not None else []))
+    return out
 
 
-def _patients_part(patients: dict) -> str:
-    """Per split: how many patients and cells per patient, with a bar chart to unfold."""
-    parts = []
-    for split, cells in patients.items():
-        sizes = {str(p): int(n) for p, n in (cells or {}).items() if num(n) is not None}
-        if not sizes:
-            continue
-        values = sorted(sizes.values())
-        parts.append(
-            f"<p><b>{esc(split)}</b>: {len(sizes)} patients, {min(values)}–{max(values)} cells "
-            f"each (median {statistics.median(values):g}).</p>"
-        )
-        items = [(p, float(n), "#7f8c8d", str(n))
-                 for p, n in sorted(sizes.items(), key=lambda pn: (-pn[1], pn[0]))]
-        chart = hbars(items, x_label="cells", x_max=float(max(values)),
-                      label=f"cells per patient, {split}")
-        parts.append(f"<details><summary>cells per patient ({esc(split)})</summary>"
-                     f"{chart}</details>")
-    return "".join(parts)
+def _patients(split: str, sizes: dict[str, int]) -> dict[str, Any]:
+    """A split's patients: how many, cells each, and a bar chart of cells per patient."""
+    values = sorted(sizes.values())
+    fig, ax = figure(7, 1.1 + 0.22 * len(sizes))
+    order = sorted(sizes.items(), key=lambda pn: (pn[1], pn[0]))  # most cells at the top
+    bars = ax.barh([p for p, _ in order], [n for _, n in order], color="#7f8c8d")
+    ax.bar_label(bars, padding=3)
+    ax.set(xlabel="cells", title=f"cells per patient, {split}")
+    return {"split": split, "n": len(sizes), "lo": values[0], "hi": values[-1],
+            "median": f"{statistics.median(values):g}", "figure": svg(fig)}
 
 
-def _samples_part(samples: dict) -> str:
-    """A grid of sample cells for each class."""
-    parts = []
-    for name, images in samples.items():
-        label = _NAME_TO_LABEL.get(str(name))
-        colour = CLASS_COLOURS.get(label, "#ccc") if label is not None else "#ccc"
-        shown = list(images or [])[:MAX_SAMPLES]
-        if not shown:
-            continue
-        figures = "".join(
-            _figure(img, "", f"{name} sample {i + 1}", colour) for i, img in enumerate(shown)
-        )
-        parts.append(f"<h3>{esc(name)} cells ({len(shown)} samples)</h3>"
-                     f'<div class="cells">{figures}</div>')
-    return "".join(parts) or note("No sample cells were given.")
-
-
-def overview_section(overview: dict | None) -> str:
-    """The HTML of the report's data overview section.
+def overview(overview: dict | None) -> dict[str, Any] | None:
+    """The data overview section's content, or None when no overview was given.
 
     Args:
         overview: ``{"counts": {"splits": ..., "folds": ..., "patients": ...}, "samples":
             {"ALL": [uint8 RGB arrays], "normal": [...]}}`` where the counts are the store
-            manifest's (``leukemia.store``); either part may be missing. None gives a note.
-
-    Returns:
-        HTML without the section's heading.
+            manifest's (``leukemia.store``); any part may be missing or None.
     """
     if not overview:
-        return note("No data overview was given.")
-    counts = overview.get("counts") or {}
-    splits, folds = counts.get("splits") or {}, counts.get("folds") or {}
-    patients = counts.get("patients") or {}
-    parts = []
-    if splits:
-        parts.append("<h3>Cells per split</h3>" + _counts_table(splits, "split", patients))
-    if folds:
-        parts.append("<h3>Cells per training fold</h3>" + _counts_table(folds, "fold"))
-    if patients:
-        parts.append("<h3>Patients</h3>" + _patients_part(patients))
-    if not parts:
-        parts.append(note("No cell counts were given."))
-    parts.append(_samples_part(overview.get("samples") or {}))
-    return "".join(parts)
+        return None
+    counts = {"splits": {}, "folds": {}, "patients": {}, **(overview.get("counts") or {})}
+    patients = counts["patients"] or {}
+    sizes = {split: {str(p): int(n) for p, n in (cells or {}).items() if num(n) is not None}
+             for split, cells in patients.items()}
+    samples = [(name, [_picture(img, _NAME_TO_LABEL.get(str(name)), f"{name} sample {i + 1}")
+                       for i, img in enumerate(list(images)[:MAX_SAMPLES])])
+               for name, images in (overview.get("samples") or {}).items() if images is not None]
+    return {"splits": _counts(counts["splits"] or {}, patients),
+            "folds": _counts(counts["folds"] or {}, None),
+            "patients": [_patients(split, s) for split, s in sizes.items() if s],
+            "samples": [(name, shown) for name, shown in samples if shown]}
 
 
-# --------------------------------------------------------------------------- errors
-
-
-def _error_figure(cell: dict) -> str:
-    """One misclassified cell with its P(ALL), patient and true class."""
-    label = int(cell.get("label", -1)) if num(cell.get("label")) is not None else None
-    p = num(cell.get("p_all"))
-    p_text = "—" if p is None else f"{p:.3f}"
-    truth = CLASS_NAMES.get(label, "?") if label is not None else "?"
-    caption = (f"P(ALL) <b>{esc(p_text)}</b><br>"
-               f'<span class="muted">patient {esc(fmt(cell.get("patient_id")))}</span>')
-    title = f"{cell.get('image_id')}: true {truth}, patient {cell.get('patient_id')}, " \
-            f"P(ALL) {p_text}"
-    colour = CLASS_COLOURS.get(label, "#ccc") if label is not None else "#ccc"
-    return _figure(cell.get("pixels"), caption, title, colour)
-
-
-def _confidence(cell: dict) -> float:
+def _wrongness(cell: dict) -> float:
     """How confidently wrong: P(ALL) for a normal cell, 1 - P(ALL) for an ALL cell."""
-    p = num(cell.get("p_all"))
-    if p is None:
-        return -1.0
-    return p if cell.get("label") == 0 else 1.0 - p
+    p = num(cell["p_all"])
+    return -1.0 if p is None else p if cell["label"] == 0 else 1.0 - p
 
 
-def errors_section(final: dict | None) -> str:
-    """The HTML of the report's gallery of misclassified validation cells.
+def errors(final: dict | None) -> dict[str, Any] | None:
+    """The gallery of misclassified validation cells, grouped by true class.
 
     Args:
-        final: The final step's result; reads ``wrong`` (a list of ``{"image_id",
+        final: The final step's result, or None; reads ``wrong`` (a list of ``{"image_id",
             "patient_id", "label", "p_all", "pixels"}``, pixels a uint8 RGB array),
             ``threshold`` and ``metrics_at_threshold``/``metrics`` (for the error count).
 
     Returns:
-        HTML without the section's heading.
+        None without a final result, else ``{"recorded", "has_validation", "shown", "total",
+        "threshold", "groups": [(heading, pictures)]}``; ``recorded`` is False when ``wrong``
+        is missing, and ``groups`` empty when nothing was wrong.
     """
     if final is None:
-        return note("No final result, so no misclassified cells to show.")
-    wrong: Sequence[dict] | None = final.get("wrong")
-    has_val = bool(final.get("metrics") or final.get("metrics_at_threshold"))
-    if wrong is None:
-        return note("No misclassified cells were recorded"
-                    + ("." if has_val else ": this store has no validation split."))
-    t = num(final.get("threshold"))
-    t_text = f"{0.5 if t is None else t:.4g}"
-    if not wrong:
-        return note(f"The model classified every validation cell correctly at t = {t_text}."
-                    if has_val else "No validation cells to show: this store has no "
-                    "validation split.")
-    metrics = final.get("metrics_at_threshold") or final.get("metrics") or {}
+        return None
+    final = {**dict.fromkeys(("wrong", "threshold", "metrics", "metrics_at_threshold")), **final}
+    val = final["metrics_at_threshold"] or final["metrics"]
+    keys = dict.fromkeys(("image_id", "patient_id", "label", "p_all", "pixels"))
+    shown = [{**keys, **cell} for cell in list(final["wrong"] or [])[:MAX_ERRORS]]
     total = None
-    matrix: Any = metrics.get("confusion_matrix")
     try:
-        (_, fp), (fn, _) = matrix
+        (_, fp), (fn, _) = val["confusion_matrix"]
         total = int(fp) + int(fn)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, KeyError):
         pass
-    shown = list(wrong)[:MAX_ERRORS]
-    of = f" of {total}" if total is not None and total > len(shown) else ""
-    parts = [f'<p class="muted">{len(shown)}{of} validation cells the model got wrong at '
-             f"t = {esc(t_text)}, most confidently wrong first; the frame colour is the true "
-             "class. Hover a cell for its image id.</p>"]
-    groups = ((0, "Normal cells called ALL (false positives)"),
-              (1, "ALL cells called normal (false negatives)"))
+    groups = [(0, "Normal cells called ALL (false positives)"),
+              (1, "ALL cells called normal (false negatives)"),
+              (None, "Cells without a 0/1 label")]
+    out = []
     for label, heading in groups:
-        cells = sorted((c for c in shown if c.get("label") == label), key=_confidence,
-                       reverse=True)
-        if cells:
-            figures = "".join(_error_figure(c) for c in cells)
-            parts.append(f"<h3>{esc(heading)}: {len(cells)}</h3>"
-                         f'<div class="cells">{figures}</div>')
-    others = [c for c in shown if c.get("label") not in (0, 1)]
-    if others:
-        parts.append(f"<h3>Cells without a 0/1 label: {len(others)}</h3><div class=\"cells\">"
-                     + "".join(_error_figure(c) for c in others) + "</div>")
-    return "".join(parts)
+        cells = sorted((c for c in shown if c["label"] == label or label is None
+                        and c["label"] not in (0, 1)), key=_wrongness, reverse=True)
+        pictures = []
+        for c in cells:
+            p = num(c["p_all"])
+            p_text = "—" if p is None else f"{p:.3f}"
+            title = (f"{c['image_id']}: true {CLASS_NAMES.get(c['label'], '?')}, patient "
+                     f"{c['patient_id']}, P(ALL) {p_text}")
+            pictures.append(_picture(c["pixels"], c["label"], title, p_text, c["patient_id"]))
+        if pictures:
+            out.append((heading, pictures))
+    t = num(final["threshold"])
+    return {"recorded": final["wrong"] is not None, "has_validation": bool(val),
+            "shown": len(shown), "total": total if total and total > len(shown) else None,
+            "threshold": 0.5 if t is None else t, "groups": out}

@@ -1,344 +1,192 @@
 """The final model's section of ``report.html``: what was exported and how well it does.
 
-:func:`final_section` renders the ``final`` dict that ``search.final`` builds: the members of
-the exported model, the decision threshold and where it came from, the metrics on
-validation_data at 0.5 and at the stored threshold beside the cross-validated (out-of-fold)
-estimate with patient-bootstrap CIs, the confusion matrices, the ROC curve, weighted F1 as a
-function of the threshold with the chosen point, and per-patient accuracy. Every key is
-optional: a missing or None value shows a note or drops its column, so older results and runs
-without a validation split still render. Called by ``search.report.write_report``.
+:func:`final_section` turns the ``final`` dict that ``search.final`` builds into what the
+template shows: the exported model's members and decision threshold, the metrics on
+validation_data at 0.5 and at the threshold beside the cross-validated (out-of-fold) estimate
+with patient-bootstrap CIs, scikit-learn's ``ConfusionMatrixDisplay`` per column and
+``RocCurveDisplay``, weighted F1 by threshold with the chosen point, per-patient accuracy. Every
+key is optional: a missing or None value shows a note or drops its column.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from typing import Any
 
-from search.svg import (
-    CLASS_COLOURS,
-    CLASS_NAMES,
-    Plot,
-    dot,
-    esc,
-    fixed,
-    fmt,
-    hbars,
-    kv_table,
-    note,
-    num,
-    score_range,
-)
+import numpy as np
+from markupsafe import Markup
+from matplotlib.patches import Patch
+from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
-__all__ = ["final_section"]
+from search.gallery import CLASS_COLOURS, CLASS_NAMES, figure, num, svg
 
-LINE_COLOUR = "#1f77b4"
-MARK_COLOUR = "#c0392b"
-_OTHER_COLOUR = "#555555"
-_CURVE_POINTS = 400  # a threshold curve with more points is thinned to about twice this
+__all__ = ["FINAL_KEYS", "final_section"]
 
-METRIC_ROWS = (
-    ("weighted_f1", "Weighted F1 (challenge metric)"),
-    ("accuracy", "Accuracy"),
-    ("balanced_accuracy", "Balanced accuracy"),
-    ("sensitivity", "Sensitivity (recall of ALL)"),
-    ("specificity", "Specificity (recall of normal)"),
-    ("precision", "Precision (of ALL)"),
-    ("roc_auc", "ROC AUC"),
-)
-
-
-def _seq(value: Any) -> list:
-    """``list(value)``, or ``[]`` for None (numpy arrays have no truth value)."""
-    return [] if value is None else list(value)
-
-
-def _t(value: Any) -> str:
-    """A threshold as text: up to 4 significant digits."""
-    v = num(value)
-    return "—" if v is None else f"{v:.4g}"
-
-
-def _threshold_of(metrics: dict, default: float | None) -> float | None:
-    """The threshold a metrics dict was computed at: its own ``threshold`` key, else default."""
-    own = num(metrics.get("threshold"))
-    return default if own is None else own
+FINAL_KEYS = ("trial_id", "config", "epochs", "seeds", "members", "threshold",
+              "threshold_source", "metrics", "metrics_at_threshold", "cv", "cv_curve",
+              "seed_summary", "roc", "per_patient", "wrong")
+METRIC_ROWS = {"weighted_f1": "Weighted F1 (challenge metric)", "accuracy": "Accuracy",
+               "balanced_accuracy": "Balanced accuracy",
+               "sensitivity": "Sensitivity (recall of ALL)",
+               "specificity": "Specificity (recall of normal)", "precision": "Precision (of ALL)",
+               "roc_auc": "ROC AUC"}
+# Every key of a metrics dict (leukemia.metrics.binary_metrics) that the section reads
+_METRIC_KEYS = dict.fromkeys((*METRIC_ROWS, *(f"{k}_ci95" for k in METRIC_ROWS), "n",
+                              "n_patients", "threshold", "confusion_matrix"))
 
 
 def _columns(final: dict) -> list[tuple[str, dict]]:
-    """The metric dicts to show side by side, each with its column heading.
-
-    Validation at 0.5, validation at the stored threshold (dropped when that is 0.5 too), and
-    the cross-validated estimate; a dict that is missing or None has no column.
-    """
-    threshold = num(final.get("threshold"))
+    """Validation at 0.5, at the stored threshold (unless 0.5 too) and the CV estimate."""
+    threshold = num(final["threshold"])
     cols: list[tuple[str, dict]] = []
-    at_half = final.get("metrics")
-    half = _threshold_of(at_half, 0.5) if at_half else None
-    if at_half:
-        cols.append((f"validation, t = {_t(half)}", at_half))
-    at_t = final.get("metrics_at_threshold")
-    if at_t:
-        t = _threshold_of(at_t, threshold)
-        if half is None or t is None or abs(t - half) > 1e-12:
-            cols.append((f"validation, t = {_t(t)}", at_t))
-    cv = final.get("cv")
-    if cv:
-        t = _threshold_of(cv, threshold)
-        cols.append((f"cross-validation (out-of-fold), t = {_t(t)}", cv))
+    half = None
+    for name, key in (("validation", "metrics"), ("validation", "metrics_at_threshold"),
+                      ("cross-validation (out-of-fold)", "cv")):
+        if not final[key]:
+            continue
+        metrics = {**_METRIC_KEYS, **final[key]}
+        own = num(metrics["threshold"])  # older results do not carry their threshold
+        t = own if own is not None else 0.5 if key == "metrics" else threshold
+        if key == "metrics":
+            half = t
+        elif key == "metrics_at_threshold" and half is not None and t is not None \
+                and abs(t - half) <= 1e-12:
+            continue
+        cols.append((f"{name}, t = {'—' if t is None else f'{t:.4g}'}", metrics))
     return cols
 
 
-def _value_cell(metrics: dict, key: str) -> str:
-    """A metric value with its 95% CI, if it has one."""
-    text = esc(fixed(metrics.get(key)))
-    ci = metrics.get(f"{key}_ci95")
-    if ci and len(ci) == 2 and all(num(c) is not None for c in ci):
-        text += f'<br><span class="muted">95% CI {fixed(ci[0])}–{fixed(ci[1])}</span>'
-    return f"<td>{text}</td>"
+def _ci(metrics: dict, key: str) -> tuple[float, float] | None:
+    """A metric's 95% CI, if it has a finite one."""
+    ci = [num(c) for c in metrics[f"{key}_ci95"] or ()]
+    return (ci[0], ci[1]) if len(ci) == 2 and None not in ci else None  # type: ignore[return-value]
 
 
-def _metrics_table(final: dict) -> str:
-    """Validation metrics at 0.5 and at the stored threshold, the CV estimate, seed spread."""
-    cols = _columns(final)
-    summary = final.get("seed_summary") or {}
-    seeds = final.get("seeds") or []
-    n_seeds = max([len(seeds), *(len(s.get("values") or []) for s in summary.values())])
-    several = n_seeds > 1
-    if not cols and not several:
-        return note("No metrics recorded.")
-    head = "<tr><th>metric</th>" + "".join(f"<th>{esc(name)}</th>" for name, _ in cols)
-    head += f"<th>mean ± std over {n_seeds} seeds</th></tr>" if several else "</tr>"
+def _metrics(final: dict, cols: list[tuple[str, dict]]) -> dict[str, Any]:
+    """The metrics table: one row per metric, one column per data set, the seeds' spread."""
+    none: dict[str, Any] = {"mean": None, "std": None, "values": []}
+    summary = {k: {**none, **(s or {})} for k, s in (final["seed_summary"] or {}).items()}
+    n_seeds = max([len(final["seeds"] or []), *(len(s["values"]) for s in summary.values())])
     rows = []
-    for key, name in METRIC_ROWS:
-        row = f"<tr><th>{esc(name)}</th>" + "".join(_value_cell(m, key) for _, m in cols)
-        if several:
-            s = summary.get(key) or {}
-            mean, std = num(s.get("mean")), num(s.get("std"))
-            text = "—" if mean is None else f"{mean:.4f} ± {std or 0.0:.4f}"
-            row += f'<td title="{esc(fmt(s.get("values") or []))}">{esc(text)}</td>'
-        rows.append(row + "</tr>")
-    sizes = {  # one line per data set, not per threshold
-        name.split(",")[0]: f"{fmt(m.get('n'))} cells of {fmt(m.get('n_patients'))} patients"
-        for name, m in cols
-    }
-    foot = "; ".join(f"{name}: {size}" for name, size in sizes.items())
-    foot = f'<p class="muted">{esc(foot)}. CIs resample patients.</p>' if foot else ""
-    return f'<table class="grid">{head}{"".join(rows)}</table>{foot}'
+    for key, name in METRIC_ROWS.items():
+        spread = summary.get(key, none)
+        mean, std = num(spread["mean"]), num(spread["std"])
+        rows.append((name, [(m[key], _ci(m, key)) for _, m in cols],
+                     "—" if mean is None else f"{mean:.4f} ± {std or 0.0:.4f}", spread["values"]))
+    sizes = {name.split(",")[0]: m for name, m in cols}  # one line per data set
+    return {"columns": [name for name, _ in cols], "rows": rows,
+            "seeds": n_seeds if n_seeds > 1 else None,
+            "sizes": [(name, m["n"], m["n_patients"]) for name, m in sizes.items()]}
 
 
-def _confusion_table(matrix: Any) -> str:
-    """The 2x2 confusion matrix, rows = truth, shaded by row fraction."""
+def _confusion(matrix: Any) -> Markup | None:
+    """scikit-learn's confusion matrix display with the share of each true class."""
     try:
-        (tn, fp), (fn, tp) = matrix
-        cells = [[int(tn), int(fp)], [int(fn), int(tp)]]
+        cm = np.asarray(matrix, dtype=int).reshape(2, 2)
     except (TypeError, ValueError):
-        return note("No confusion matrix recorded.")
-    rows = []
-    for truth, counts in enumerate(cells):
-        total = sum(counts) or 1
-        tds = "".join(
-            f'<td style="background:rgba(31,119,180,{0.08 + 0.6 * c / total:.2f})">'
-            f"<b>{c}</b><br><small>{100 * c / total:.1f}%</small></td>"
-            for c in counts
-        )
-        rows.append(f"<tr><th>true {CLASS_NAMES[truth]}</th>{tds}</tr>")
-    head = "<tr><th></th><th>predicted normal</th><th>predicted ALL</th></tr>"
-    return f'<table class="cm">{head}{"".join(rows)}</table>'
+        return None
+    fig, ax = figure(3.0, 2.6)
+    display = ConfusionMatrixDisplay(cm, display_labels=[CLASS_NAMES[0], CLASS_NAMES[1]])
+    display.plot(ax=ax, cmap="Blues", colorbar=False)
+    for (i, j), text in np.ndenumerate(display.text_):
+        text.set_text(f"{cm[i, j]}\n{100 * cm[i, j] / max(cm[i].sum(), 1):.1f}%")
+    ax.set(xlabel="predicted", ylabel="true")
+    return svg(fig)
 
 
-def _confusions(final: dict) -> str:
-    """One confusion matrix per metrics column."""
-    cols = [(name, m) for name, m in _columns(final) if m.get("confusion_matrix") is not None]
-    if not cols:
-        return note("No confusion matrix recorded.")
-    return "".join(
-        f"<div><h3>Confusion matrix: {esc(name)}</h3>"
-        f"{_confusion_table(m.get('confusion_matrix'))}</div>"
-        for name, m in cols
-    )
+def _roc(roc: dict | None, auc: Any) -> Markup | None:
+    """scikit-learn's ROC curve display with the chance diagonal; AUC in the legend."""
+    roc = {"fpr": None, "tpr": None, **(roc or {})}
+    fpr, tpr = (np.asarray(roc[k] or [], dtype=float) for k in ("fpr", "tpr"))
+    if not len(fpr) or len(fpr) != len(tpr):
+        return None
+    fig, ax = figure(4.2, 3.6)
+    RocCurveDisplay(fpr=fpr, tpr=tpr, roc_auc=num(auc)).plot(  # 1.5 takes name= only here
+        ax=ax, name="ROC", plot_chance_level=True)
+    ax.set(xlabel="false positive rate (1 − specificity)", ylabel="true positive rate")
+    return svg(fig)
 
 
-def _roc_svg(roc: dict, auc: Any) -> str:
-    """The ROC curve with the chance diagonal; AUC in the legend."""
-    pts = [
-        (x, y)
-        for x, y in zip(map(num, _seq(roc.get("fpr"))), map(num, _seq(roc.get("tpr"))))
-        if x is not None and y is not None
-    ]
-    if not pts:
-        return note("No ROC curve recorded.")
-    auc_text = fixed(auc) if num(auc) is not None else "n/a"
-    plot = Plot(
-        x_range=(0.0, 1.0),
-        y_range=(0.0, 1.0),
-        width=300,
-        height=300,
-        x_label="false positive rate (1 − specificity)",
-        y_label="true positive rate",
-        legend=[("line", LINE_COLOUR, f"ROC (AUC = {auc_text})"), ("dash", "#999999", "chance")],
-    )
-    line = " ".join(f"{plot.x(x):.1f},{plot.y(y):.1f}" for x, y in pts)
-    body = [
-        f'<line x1="{plot.x(0)}" y1="{plot.y(0)}" x2="{plot.x(1)}" y2="{plot.y(1)}" '
-        'stroke="#999999" stroke-dasharray="5,3"/>',
-        f'<polyline points="{line}" fill="none" stroke="{LINE_COLOUR}" stroke-width="2"/>',
-    ]
-    return plot.render(body, "ROC curve")
-
-
-def _thin(pts: list[tuple[float, float]], keep: float | None) -> list[tuple[float, float]]:
-    """At most ~2 x _CURVE_POINTS points: each x bin's lowest and highest, and ``keep``'s."""
-    if len(pts) <= 2 * _CURVE_POINTS:
-        return pts
-    chosen: dict[int, tuple[int, int]] = {}
-    for i, (x, y) in enumerate(pts):
-        b = min(int(x * _CURVE_POINTS), _CURVE_POINTS - 1)
-        lo, hi = chosen.get(b, (i, i))
-        chosen[b] = (lo if pts[lo][1] <= y else i, hi if pts[hi][1] >= y else i)
-    idx = {i for pair in chosen.values() for i in pair} | {0, len(pts) - 1}
-    if keep is not None:
-        idx.add(min(range(len(pts)), key=lambda i: abs(pts[i][0] - keep)))
-    return [pts[i] for i in sorted(idx)]
-
-
-def _threshold_svg(final: dict) -> str:
+def _threshold_curve(final: dict) -> Markup | None:
     """Out-of-fold weighted F1 against the decision threshold, the chosen point and 0.5."""
-    curve = final.get("cv_curve") or {}
-    pts = sorted(
-        (x, y)
-        for x, y in zip(map(num, _seq(curve.get("thresholds"))),
-                        map(num, _seq(curve.get("weighted_f1"))))
-        if x is not None and y is not None
-    )
-    if not pts:
-        return note("No weighted-F1-by-threshold curve recorded (no cross-validated "
-                    "predictions: the final step did not run cross-validation).")
-    chosen = num(final.get("threshold"))
-    pts = _thin(pts, chosen)
-    y_lo, y_hi = score_range([y for _, y in pts])
-    legend = [("line", LINE_COLOUR, "weighted F1, out-of-fold"), ("dash", "#999999", "t = 0.5")]
-    chosen_y = None
+    curve = {"thresholds": None, "weighted_f1": None, **(final["cv_curve"] or {})}
+    x, y = (np.asarray(curve[k] or [], dtype=float) for k in ("thresholds", "weighted_f1"))
+    if not len(x) or len(x) != len(y):
+        return None
+    order = np.argsort(x)
+    fig, ax = figure(5.4, 3.2)
+    ax.plot(x[order], y[order], color="#1f77b4", label="weighted F1, out-of-fold")
+    ax.axvline(0.5, color="#999999", linestyle="--", label="t = 0.5")
+    chosen = num(final["threshold"])
     if chosen is not None:
-        cv_f1 = num((final.get("cv") or {}).get("weighted_f1"))
-        nearest = min(pts, key=lambda p: abs(p[0] - chosen))[1]
-        chosen_y = cv_f1 if cv_f1 is not None else nearest
-        legend.append(("dot", MARK_COLOUR, f"chosen t = {chosen:.3g}"))
-    plot = Plot(x_range=(0.0, 1.0), y_range=(y_lo, y_hi), width=440, height=240,
-                x_label="decision threshold t (ALL when P(ALL) ≥ t)", y_label="weighted F1",
-                legend=legend)
-    x5 = plot.x(0.5)
-    line = " ".join(f"{plot.x(x):.1f},{plot.y(y):.1f}" for x, y in pts)
-    body = [
-        f'<line x1="{x5:.1f}" y1="{plot.y(y_hi):.1f}" x2="{x5:.1f}" y2="{plot.y(y_lo):.1f}" '
-        'stroke="#999999" stroke-dasharray="5,3"/>',
-        f'<polyline points="{line}" fill="none" stroke="{LINE_COLOUR}" stroke-width="2"/>',
-    ]
-    if chosen is not None and chosen_y is not None:
-        tip = f"chosen threshold {chosen:.4g}: weighted F1 {chosen_y:.4f}"
-        y = plot.y(min(max(chosen_y, y_lo), y_hi))
-        body.append(dot(plot.x(chosen), y, MARK_COLOUR, r=5.5, title=tip,
-                        cls="marker-threshold"))
-    return plot.render(body, "weighted F1 by decision threshold")
+        at = num({**_METRIC_KEYS, **(final["cv"] or {})}["weighted_f1"])
+        at = float(np.interp(chosen, x[order], y[order])) if at is None else at
+        ax.plot([chosen], [at], "o", color="#c0392b", markersize=8,
+                label=f"chosen t = {chosen:.3g} (weighted F1 {at:.4f})")
+    ax.set(xlim=(0, 1), xlabel="decision threshold t (ALL when P(ALL) ≥ t)",
+           ylabel="weighted F1")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower center", fontsize=8)
+    return svg(fig)
 
 
-def _patients_svg(per_patient: Sequence[dict]) -> str:
-    """Per-patient accuracy bars, worst first, coloured by the patient's class."""
-    rows = [p for p in per_patient if num(p.get("accuracy")) is not None]
+def _patients(per_patient: list[dict] | None) -> Markup | None:
+    """Per-patient accuracy bars, worst at the top, coloured by the patient's class."""
+    keys = dict.fromkeys(("patient_id", "label", "n", "accuracy"))
+    rows = [{**keys, **p} for p in per_patient or []]
+    rows = sorted((p for p in rows if num(p["accuracy"]) is not None),
+                  key=lambda p: (-p["accuracy"], str(p["patient_id"])))
     if not rows:
-        return note("No per-patient accuracy recorded.")
-    rows.sort(key=lambda p: (num(p["accuracy"]), str(p.get("patient_id"))))
-    items = [
-        (
-            str(p.get("patient_id")),
-            float(p["accuracy"]),
-            CLASS_COLOURS.get(int(p.get("label", -1)), _OTHER_COLOUR),
-            f"{float(p['accuracy']):.2f} (n={fmt(p.get('n'))})",
-        )
-        for p in rows
-    ]
-    legend = [("bar", CLASS_COLOURS[k], f"{CLASS_NAMES[k]} patient") for k in (0, 1)]
-    return hbars(items, x_label="accuracy", x_max=1.0, label="per-patient accuracy",
-                 legend=legend)
+        return None
+    fig, ax = figure(6.5, 0.8 + 0.28 * len(rows))
+    bars = ax.barh([str(p["patient_id"]) for p in rows], [p["accuracy"] for p in rows],
+                   color=[CLASS_COLOURS.get(p["label"], "#555555") for p in rows])
+    ax.bar_label(bars, [f"{p['accuracy']:.2f} (n={p['n']})" for p in rows], padding=3)
+    ax.set(xlim=(0, 1.25), xlabel="accuracy")
+    ax.legend(handles=[Patch(color=CLASS_COLOURS[k], label=f"{CLASS_NAMES[k]} patient")
+                       for k in (0, 1)], loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    return svg(fig)
 
 
-def _members_table(members: Sequence[dict]) -> str:
+def _members(members: list[dict]) -> dict[str, Any]:
     """One row per model averaged in the exported ensemble, with its training time if known."""
-    timed = any(num(m.get("started_at")) is not None for m in members)
-    head = "<tr><th>member</th><th>fold held out</th><th>seed</th><th>epochs</th>"
-    head += "<th>started (UTC)</th><th>took (s)</th></tr>" if timed else "</tr>"
+    keys = dict.fromkeys(("fold", "seed", "epochs", "started_at", "ended_at"))
+    members = [{**keys, **m} for m in members]
+    timed = any(num(m["started_at"]) is not None for m in members)
     rows = []
     for i, m in enumerate(members):
-        fold = "none (all training folds)" if m.get("fold") is None else fmt(m["fold"])
-        row = (f"<tr><td>{i}</td><td>{esc(fold)}</td><td>{esc(fmt(m.get('seed')))}</td>"
-               f"<td>{esc(fmt(m.get('epochs')))}</td>")
+        row = [i, "none (all training folds)" if m["fold"] is None else m["fold"], m["seed"],
+               m["epochs"]]
+        start, end = num(m["started_at"]), num(m["ended_at"])
         if timed:
-            start, end = num(m.get("started_at")), num(m.get("ended_at"))
-            when = "—" if start is None else time.strftime("%H:%M:%S", time.gmtime(start))
-            took = "—" if start is None or end is None else f"{end - start:.0f}"
-            row += f"<td>{when}</td><td>{took}</td>"
-        rows.append(row + "</tr>")
-    return f'<table class="grid">{head}{"".join(rows)}</table>'
+            row += ["—" if start is None else time.strftime("%H:%M:%S", time.gmtime(start)),
+                    "—" if start is None or end is None else f"{end - start:.0f}"]
+        rows.append(row)
+    return {"timed": timed, "rows": rows}
 
 
-def _intro(final: dict) -> str:
-    """What was exported, and the decision threshold it carries."""
-    members = final.get("members") or []
-    trial = final.get("trial_id")
-    of_trial = f" of trial {trial}" if trial else ""
-    if members:
-        text = (f"<p>The exported model averages P(ALL) over {len(members)} model(s) of the "
-                f"best configuration{esc(of_trial)}:</p>{_members_table(members)}")
-    else:
-        text = (f"<p>The best configuration{esc(of_trial)} retrained for "
-                f"{esc(fmt(final.get('epochs')))} epochs with seeds "
-                f"{esc(fmt(list(final.get('seeds') or [])))}.</p>")
-    threshold = num(final.get("threshold"))
-    if threshold is None:
-        text += ('<p>Decision threshold: <b>0.5</b> (no threshold stored): a cell is called '
-                 "ALL when P(ALL) ≥ 0.5.</p>")
-    else:
-        source = final.get("threshold_source")
-        text += (f"<p>Decision threshold: <b>{threshold:.4g}</b>"
-                 f"{' (' + esc(source) + ')' if source else ''}. A cell is called ALL when "
-                 f"P(ALL) ≥ {threshold:.4g}; the threshold is stored with the model.</p>")
-    if not final.get("metrics") and not final.get("metrics_at_threshold"):
-        text += note("No validation split in this store: only the cross-validated estimate "
-                     "is shown.")
-    return text
-
-
-def final_section(final: dict | None) -> str:
-    """The HTML of the report's final-model section (a note when ``final`` is None).
+def final_section(final: dict | None) -> dict[str, Any] | None:
+    """The report's final-model section as template content, or None when there is no final.
 
     Args:
-        final: The final step's result. Read keys, all optional: ``trial_id``, ``config``,
-            ``epochs``, ``seeds``, ``members`` (``fold``, ``seed``, ``epochs`` each),
-            ``threshold``, ``threshold_source``, ``metrics`` (validation at 0.5),
-            ``metrics_at_threshold``, ``cv`` (out-of-fold at the threshold), ``seed_summary``,
-            ``roc`` (``fpr``, ``tpr``), ``cv_curve`` (``thresholds``, ``weighted_f1``),
-            ``per_patient``. Metric dicts have :func:`leukemia.metrics.binary_metrics`' keys.
-
-    Returns:
-        HTML without the section's heading.
+        final: The final step's result. Read keys, all optional (:data:`FINAL_KEYS`):
+            ``trial_id``, ``config``, ``epochs``, ``seeds``, ``members`` (``fold``, ``seed``,
+            ``epochs`` each), ``threshold``, ``threshold_source``, ``metrics`` (validation at
+            0.5), ``metrics_at_threshold``, ``cv`` (out-of-fold at the threshold),
+            ``seed_summary``, ``roc`` (``fpr``, ``tpr``), ``cv_curve`` (``thresholds``,
+            ``weighted_f1``), ``per_patient``. Metric dicts have
+            :func:`leukemia.metrics.binary_metrics`' keys.
     """
     if final is None:
-        return note(
-            "No final result: the final training of the best configuration did not run "
-            "(the search was interrupted, no trial completed, or it was skipped)."
-        )
-    config = final.get("config") or {}
-    details = (
-        f"<details><summary>training config</summary>{kv_table(sorted(config.items()))}"
-        "</details>" if config else ""
-    )
-    val = final.get("metrics") or final.get("metrics_at_threshold") or {}
-    auc = val.get("roc_auc") if val else (final.get("cv") or {}).get("roc_auc")
-    return (
-        f"{_intro(final)}{_metrics_table(final)}{details}"
-        f'<div class="row">{_confusions(final)}</div>'
-        f'<div class="row"><div><h3>ROC curve (validation)</h3>'
-        f"{_roc_svg(final.get('roc') or {}, auc)}</div>"
-        f"<div><h3>Weighted F1 by decision threshold</h3>{_threshold_svg(final)}</div></div>"
-        f"<h3>Per-patient accuracy</h3>{_patients_svg(final.get('per_patient') or [])}"
-    )
+        return None
+    final = {**dict.fromkeys(FINAL_KEYS), **final}
+    cols = _columns(final)  # validation first: the ROC curve's AUC is the first column's
+    return {**final, "threshold": num(final["threshold"]), "seeds": list(final["seeds"] or []),
+            "members": _members(final["members"] or []),
+            "has_validation": bool(final["metrics"] or final["metrics_at_threshold"]),
+            "table": _metrics(final, cols), "config": sorted((final["config"] or {}).items()),
+            "confusions": [(name, _confusion(m["confusion_matrix"])) for name, m in cols
+                           if m["confusion_matrix"] is not None],
+            "roc": _roc(final["roc"], cols[0][1]["roc_auc"] if cols else None),
+            "threshold_curve": _threshold_curve(final),
+            "per_patient": _patients(final["per_patient"])}
