@@ -26,7 +26,7 @@ from markupsafe import Markup
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from leukemia.train import atomic_write
+from leukemia.files import atomic_write
 from search import gallery
 from search.gallery import figure, num, svg
 from search.report_final import final_section
