@@ -11,7 +11,7 @@ Methods (ASHA / pruner settings shared: ``--grace-period``, ``--reduction-factor
 the table's epochs; TPE seeded per run):
 
 - ``ours``: ``search.searcher.FidelityAwareOptunaSearch`` (TPE, ``--startup`` random trials) +
-  ASHA; selects with ``search.final.best_trial`` (what the search's final step trains): the best
+  ASHA; selects with ``search.results.best_trial`` (what the search's final step trains): the best
   last-epoch score among the trials that ran the whole budget, which is also the study's
   ``best_trial`` (row ``ours, any-epoch pick``: the same runs selected as ``search/final.py``
   did before, by the highest score at any epoch of any trial).
@@ -353,8 +353,9 @@ def _pick_complete(table: Table, trials: Trials) -> int | None:
 
 
 def _pick_search(table: Table, trials: Trials) -> int | None:
-    """``search.final.best_trial`` itself, on the trial records ``search/run.py`` builds."""
-    from search.final import best_trial
+    """``search.results.best_trial`` itself, on ``Trial``s as ``search/run.py`` builds them
+    (the trial id is the configuration's)."""
+    from search.results import Trial, best_trial
 
     records = []
     for n, (cid, ran, err) in enumerate(trials):
@@ -363,11 +364,11 @@ def _pick_search(table: Table, trials: Trials) -> int | None:
             continue
         peak = max(range(len(curve)), key=lambda e: (curve[e][OBJECTIVE], -e))
         status = "failed" if err else "completed" if ran == table.max_t else "pruned"
-        records.append({"number": n, "config_id": cid, "status": status, "epochs_run": ran,
-                        "best_objective": curve[peak][OBJECTIVE], "best_epoch": peak + 1,
-                        "last_objective": curve[-1][OBJECTIVE]})
+        records.append(Trial(trial_id=str(cid), number=n, status=status, epochs_run=ran,
+                             best_objective=curve[peak][OBJECTIVE], best_epoch=peak + 1,
+                             last_objective=curve[-1][OBJECTIVE]))
     chosen = best_trial(records)
-    return chosen["config_id"] if chosen else None
+    return int(chosen.trial_id) if chosen else None
 
 
 PICKS: dict[str, Callable[[Table, Trials], int | None]] = {

@@ -21,7 +21,7 @@ random subsets of the pool and over the 6 (train, select, test) arrangements.
 Rows are appended to ``--results`` (JSON lines) as each training finishes, so a cut-off run
 resumes. Then the same simulated searches with the search's signal, two ways to pick the trial the
 final step trains: the peak epoch of any trial, or the best last-epoch score (the full-budget
-run; ``search.final.best_trial``). Last line: ``best: <signal>`` by mean test weighted F1.
+run; ``search.results.best_trial``). Last line: ``best: <signal>`` by mean test weighted F1.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def analyse_epochs(table: dict, k: int, draws: int, seed: int) -> dict[str, dict
     """The search's signal (wF1 at 0.5), two ways to pick the trial the final trains: the
     (configuration, epoch) with the highest selection score at any epoch (the final then trains
     that many epochs), or the configuration with the highest score at the last epoch (the
-    final trains them all; ``search.final.best_trial``). Scored on the test patients at the
+    final trains them all; ``search.results.best_trial``). Scored on the test patients at the
     picked epoch: by ranking (AUC), wF1 at 0.5, and wF1 at the threshold chosen on the selection
     patients (as the exported model's threshold is chosen on held-out patients)."""
     from leukemia import metrics as M

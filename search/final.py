@@ -1,10 +1,10 @@
 """After the search: train the best configuration's final models, export them as one ``.keras``
 file with its decision rule, score it once on ``validation_data``.
 
-``--final cv`` (the default): the best configuration (``best_trial``: the best full-budget run)
-is trained once per training fold held out (K = 3 on C-NMC; patient groups on a one-fold
-dataset) and per seed (``--final-seeds``), for the epochs its trial ran, all at once as Ray tasks
-across the cluster's free trial slots. Each member scores the fold it never saw: these
+``--final cv`` (the default): the best configuration (``search.results.best_trial``: the best
+full-budget run) is trained once per training fold held out (K = 3 on C-NMC; patient groups on a
+one-fold dataset) and per seed (``--final-seeds``), for the epochs its trial ran, all at once as
+Ray tasks across the cluster's free trial slots. Each member scores the fold it never saw: these
 out-of-fold predictions (every cell scored by a model that never trained on its patient) give an
 honest cross-validated estimate (``cv_`` keys) and the threshold that maximises weighted F1 on
 them, recorded as ``oof_threshold``. The decision rule stored in the export follows
@@ -36,6 +36,7 @@ import numpy as np
 
 from leukemia import metrics as M
 from leukemia.files import atomic_write
+from search.results import FinalResult, Trial, selected_epoch
 from search.settings import SearchSettings
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,10 @@ def train_member(config_dict: dict[str, Any], settings: SearchSettings) -> dict[
 
 def export_and_score(member_files: list[str], settings: SearchSettings, threshold: float,
                      info: dict[str, Any]) -> dict[str, Any]:
-    """Build the exported ensemble; score it on the validation split if the store has one."""
+    """Build the exported ensemble; score it on the validation split if the store has one.
+
+    ``info`` is recorded in the export; its ``rule`` (``Rule.to_dict()``) is the decision rule.
+    """
     from leukemia.evaluate import transductive_scores
     from leukemia.models import export_model, load_model
     from leukemia.rules import Rule
@@ -103,7 +107,7 @@ def export_and_score(member_files: list[str], settings: SearchSettings, threshol
     members = [load_model(f) for f in member_files]
     crop, window = store.crop
     model = export_model(members, crop=crop, window=window, threshold=threshold,
-                         tta=settings.tta, info=info, rule=info.get("rule"))
+                         tta=settings.tta, info=info, rule=info["rule"])
     with tempfile.TemporaryDirectory() as d:
         save_model(model, Path(d) / "model.keras")
         model_bytes = (Path(d) / "model.keras").read_bytes()
@@ -112,7 +116,7 @@ def export_and_score(member_files: list[str], settings: SearchSettings, threshol
     if "validation" in store.manifest.get("splits", {}):
         val = store.load("validation")
         p = predict_proba(model, val.images)
-        rule = Rule.from_dict({"threshold": threshold, **(info.get("rule") or {})})
+        rule = Rule.from_dict({"threshold": threshold, **info["rule"]})
         wrong = np.flatnonzero((p >= threshold).astype(int) != val.labels)
         wrong = wrong[np.argsort(-np.abs(p[wrong] - threshold))][:GALLERY]
         out["validation"] = {
@@ -152,47 +156,7 @@ def _samples(store: Any, per_class: int = 8) -> dict[str, list[np.ndarray]]:
 # Driver side
 
 
-def best_trial(trials: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The trial whose configuration the final step trains: the best full-budget run.
-
-    Among the trials that ran the whole epoch budget (status ``completed``), the highest
-    objective at the last epoch (then the earlier trial): every candidate is then scored at the
-    same fidelity, at the epoch count the final trains for. Picking the peak epoch of any trial
-    instead picks the top of a curve that moves by ±0.03 between epochs, and ASHA-stopped trials
-    at low fidelity; on real replayed curves that doubled the epochs needed to get within 0.01
-    of the best configuration (``benchmarks/searchers.py``, PERFORMANCE.md). When no trial ran
-    the whole budget, the highest objective at any epoch (then fewer epochs, then earlier).
-    A trial whose selected epoch was constant (one class for every held-out cell, no ranking:
-    ``last_constant`` / ``best_constant``) is never picked; None when no other trial scored.
-    """
-    full = [t for t in trials if _ran_full_budget(t)]
-    if full:
-        return max(full, key=lambda t: (t["last_objective"], -t["number"]))
-    scored = [t for t in trials
-              if t.get("best_objective") is not None and not t.get("best_constant")]
-    if not scored:
-        return None
-    return max(scored, key=lambda t: (t["best_objective"], -(t["best_epoch"] or 0),
-                                      -t["number"]))
-
-
-def _ran_full_budget(trial: dict[str, Any]) -> bool:
-    """Whether ``trial`` ran the whole epoch budget and scored its last epoch, not constant."""
-    return (trial.get("status") == "completed" and trial.get("last_objective") is not None
-            and not trial.get("last_constant"))
-
-
-def selected_epoch(trial: dict[str, Any]) -> int:
-    """The epoch at which :func:`best_trial` judged ``trial``: its last for a full-budget run."""
-    return int(trial["epochs_run"] if _ran_full_budget(trial) else trial["best_epoch"])
-
-
-def selected_score(trial: dict[str, Any]) -> float | None:
-    """The held-out score :func:`best_trial` judged ``trial`` by (at :func:`selected_epoch`)."""
-    return trial.get("last_score" if _ran_full_budget(trial) else "best_score")
-
-
-def plan_members(trial: dict[str, Any], settings: SearchSettings, folds: list[int], *,
+def plan_members(trial: Trial, settings: SearchSettings, folds: list[int], *,
                  mode: str, seeds: int) -> list[Any]:
     """The ``TrainConfig`` of every member: one per (held-out fold, seed), or per seed."""
     from leukemia.config import TrainConfig
@@ -201,7 +165,7 @@ def plan_members(trial: dict[str, Any], settings: SearchSettings, folds: list[in
     if mode not in MODES:
         raise ValueError(f"--final {mode!r}: expected one of {', '.join(MODES)}")
     epochs = selected_epoch(trial)
-    overrides = to_train_overrides(trial["params"])
+    overrides = to_train_overrides(trial.params)
     if overrides.get("freeze_epochs", 0) >= epochs:
         overrides["freeze_epochs"] = max(0, epochs - 1)
     base = TrainConfig().override({**settings.train_overrides(), **overrides, "epochs": epochs})
@@ -220,16 +184,16 @@ def training_folds(manifest: dict[str, Any]) -> list[int]:
     return list(range(CV_FOLDS))
 
 
-def run_final(trial: dict[str, Any], settings: SearchSettings, out: Path, *, mode: str = "cv",
+def run_final(trial: Trial, settings: SearchSettings, out: Path, *, mode: str = "cv",
               seeds: int = 1, resources: dict[str, float], manifest: dict[str, Any]
-              ) -> dict[str, Any]:
-    """Train the final members (as concurrent Ray tasks), export ``best/``, return the report's
-    ``final`` section."""
+              ) -> FinalResult:
+    """Train the final members (as concurrent Ray tasks), export ``best/``, return what the
+    summary and the report show."""
     import ray
 
     configs = plan_members(trial, settings, training_folds(manifest), mode=mode, seeds=seeds)
     best_dir, members_dir = out / "best", out / "best" / "members"
-    plan = {"trial_id": trial["trial_id"], "configs": [c.to_dict() for c in configs]}
+    plan = {"trial_id": trial.trial_id, "configs": [c.to_dict() for c in configs]}
     if members_dir.is_dir():
         old = members_dir / "plan.json"
         if not old.is_file() or json.loads(old.read_text()) != plan:
@@ -242,10 +206,10 @@ def run_final(trial: dict[str, Any], settings: SearchSettings, out: Path, *, mod
             if (members_dir / f"{n}.json").is_file() and (members_dir / f"{n}.keras").is_file()}
     todo = [(n, c) for n, c in zip(names, configs) if n not in done]
     log.info("final (%s): %d member(s) of %s for %d epochs; %d kept from an earlier run, %d to "
-             "train at once", mode, len(configs), trial["trial_id"], configs[0].epochs,
+             "train at once", mode, len(configs), trial.trial_id, configs[0].epochs,
              len(done), len(todo))
-    task = ray.remote(train_member).options(
-        num_cpus=resources.get("CPU", 1), num_gpus=resources.get("GPU", 0), max_retries=1)
+    slot = {"num_cpus": resources.get("CPU", 1), "num_gpus": resources.get("GPU", 0)}
+    task = ray.remote(train_member).options(**slot, max_retries=1)
     pending = {task.remote(c.to_dict(), settings): n for n, c in todo}
     spans: dict[str, Any] = {}
     while pending:
@@ -256,8 +220,9 @@ def run_final(trial: dict[str, Any], settings: SearchSettings, out: Path, *, mod
         atomic_write(members_dir / f"{name}.json", json.dumps(res))  # last: marks it finished
         done[name] = res
         log.info("final: member %s finished (%d of %d)", name, len(done), len(configs))
-    for name in names:
-        spans[name] = done[name]
+    for name in names:  # members written by an older version may lack a key: None then
+        spans[name] = {**dict.fromkeys(("started_at", "ended_at", "oof", "history")),
+                       **done[name]}
 
     # out-of-fold predictions: the threshold and the cross-validated estimate
     threshold, source, cv, cv_curve, cv_05 = 0.5, "none: --final all-folds has no held-out " \
@@ -274,7 +239,7 @@ def run_final(trial: dict[str, Any], settings: SearchSettings, out: Path, *, mod
 
         if is_constant_prediction(oof["labels"], oof["probs"], threshold):  # learned nothing
             raise ConstantModelError(constant_message(
-                f"trial {trial['trial_id']}'s final models (out-of-fold, {len(oof['probs'])} "
+                f"trial {trial.trial_id}'s final models (out-of-fold, {len(oof['probs'])} "
                 "cells)"))
         y, p, pid = oof["labels"], oof["probs"], oof["patient_ids"]
         cv = M.binary_metrics(y, p, pid, threshold=threshold, seed=settings.seed,
@@ -291,12 +256,11 @@ def run_final(trial: dict[str, Any], settings: SearchSettings, out: Path, *, mod
         rule = Rule("prior", threshold=threshold, prior=float(np.mean(oof["labels"])))
         source = (f"prior matching (transductive): {rule.prior:.0%} of a batch called ALL; "
                   f"threshold {threshold:.3f} below {rule.min_batch} cells")
-    info = {"trial_id": trial["trial_id"], "final": mode, "threshold_source": source,
+    info = {"trial_id": trial.trial_id, "final": mode, "threshold_source": source,
             "rule": rule.to_dict(),
             "members": names, "epochs": configs[0].epochs}
-    exp = ray.get(ray.remote(export_and_score).options(
-        num_cpus=resources.get("CPU", 1), num_gpus=resources.get("GPU", 0), max_retries=1
-    ).remote([str(members_dir / f"{n}.keras") for n in names], settings, threshold, info))
+    exp = ray.get(ray.remote(export_and_score).options(**slot, max_retries=1).remote(
+        [str(members_dir / f"{n}.keras") for n in names], settings, threshold, info))
     atomic_write(best_dir / "model.keras", exp["model"])
     config = configs[0].override({"val_fold": None})
     atomic_write(best_dir / "config.json", json.dumps(
@@ -307,11 +271,11 @@ def run_final(trial: dict[str, Any], settings: SearchSettings, out: Path, *, mod
     val = exp["validation"]
     metrics: dict[str, Any] = {
         "split": "validation" if val else None, "threshold": threshold,
-        "threshold_source": source, "trial_id": trial["trial_id"], "epochs": configs[0].epochs,
+        "threshold_source": source, "trial_id": trial.trial_id, "epochs": configs[0].epochs,
         "final": mode, "tta": settings.tta,
         "members": [{"name": n, "fold": spans[n]["fold"], "seed": spans[n]["seed"],
-                     "started_at": spans[n].get("started_at"),
-                     "ended_at": spans[n].get("ended_at")} for n in names]}
+                     "started_at": spans[n]["started_at"],
+                     "ended_at": spans[n]["ended_at"]} for n in names]}
     val_t = val_05 = None
     if val:
         vy, vp, vpid = (np.asarray(val[k]) for k in ("labels", "probs", "patient_ids"))
@@ -320,7 +284,7 @@ def run_final(trial: dict[str, Any], settings: SearchSettings, out: Path, *, mod
         val_05 = M.binary_metrics(vy, vp, vpid, threshold=0.5, seed=settings.seed)
         metrics.update(val_t)
         metrics["at_0.5"] = val_05
-        metrics["transductive"] = val.get("transductive")
+        metrics["transductive"] = val["transductive"]
     metrics["decision_rule"] = rule.to_dict()
     if oof is not None:
         metrics["oof_threshold"] = oof_threshold  # kept whichever rule decides
@@ -335,29 +299,28 @@ def run_final(trial: dict[str, Any], settings: SearchSettings, out: Path, *, mod
         metrics["seed_summary"] = summary
     atomic_write(best_dir / "metrics.json", json.dumps(metrics, indent=2))
 
-    final: dict[str, Any] = {
-        "trial_id": trial["trial_id"], "config": config.to_dict(), "epochs": configs[0].epochs,
-        "seeds": sorted({c.seed for c in configs}), "metrics": val_05,
-        "metrics_at_threshold": val_t, "threshold": threshold, "threshold_source": source,
-        "cv": cv, "cv_curve": cv_curve, "seed_summary": summary,
-        "members": [{"fold": c.val_fold, "seed": c.seed, "epochs": c.epochs,
-                     "started_at": spans[n].get("started_at"),
-                     "ended_at": spans[n].get("ended_at")} for n, c in zip(names, configs)],
-        "wrong": val["wrong"] if val else [], "samples": exp["samples"],
-        "roc": None, "per_patient": None,
-    }
+    roc = per_patient = None
     if val:
         fpr, tpr, _ = M.roc_curve(vy, vp)
-        final["roc"] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
-        final["per_patient"] = M.per_patient_accuracy(vy, (vp >= threshold).astype(int), vpid)
-    return final
+        roc = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
+        per_patient = M.per_patient_accuracy(vy, (vp >= threshold).astype(int), vpid)
+    return FinalResult(
+        trial_id=trial.trial_id, config=config.to_dict(), epochs=configs[0].epochs,
+        seeds=sorted({c.seed for c in configs}), metrics=val_05, metrics_at_threshold=val_t,
+        threshold=threshold, threshold_source=source, cv=cv, cv_curve=cv_curve,
+        seed_summary=summary,
+        members=[{"fold": c.val_fold, "seed": c.seed, "epochs": c.epochs,
+                  "started_at": spans[n]["started_at"], "ended_at": spans[n]["ended_at"]}
+                 for n, c in zip(names, configs)],
+        wrong=val["wrong"] if val else [], samples=exp["samples"], roc=roc,
+        per_patient=per_patient)
 
 
 def _pool_oof(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Out-of-fold predictions of all members, averaged over seeds per cell."""
     rows: dict[str, dict[str, Any]] = {}
     for r in runs:
-        o = r.get("oof")
+        o = r["oof"]
         if not o:
             continue
         for iid, pid, y, p in zip(o["image_ids"], o["patient_ids"], o["labels"], o["probs"]):
@@ -402,8 +365,8 @@ def _seed_summary(runs: dict[str, Any], names: list[str]) -> dict[str, Any]:
     """Per seed: the held-out metrics of its members' last epochs, as mean and std."""
     by_seed: dict[int, list[float]] = {}
     for n in names:
-        h = (runs[n].get("history") or [{}])[-1]
-        if h.get("val_weighted_f1") is not None:
+        h = {"val_weighted_f1": None, **(runs[n]["history"] or [{}])[-1]}
+        if h["val_weighted_f1"] is not None:
             by_seed.setdefault(int(runs[n]["seed"]), []).append(float(h["val_weighted_f1"]))
     vals = [statistics.fmean(v) for v in by_seed.values()]
     return {"held_out_weighted_f1": _mean_std(vals)}

@@ -13,13 +13,16 @@ import base64
 import io
 import math
 import statistics
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 import numpy as np
 from markupsafe import Markup
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from search.results import FinalResult
 
 __all__ = ["MAX_ERRORS", "MAX_SIDE", "errors", "figure", "num", "overview", "png_data_uri", "svg"]
 
@@ -106,9 +109,10 @@ def _picture(pixels: Any, label: Any, title: str, caption: str = "", patient: An
 def _counts(rows: dict, patients: dict | None) -> list[list[Any]]:
     """Cells, ALL, normal, share of ALL (and patients) per split or fold of the manifest."""
     out = []
-    for name, row in rows.items():
-        n_all, n_hem = int(row.get("all") or 0), int(row.get("hem") or 0)
-        n = int(row.get("n") or n_all + n_hem)
+    for name, given in rows.items():
+        row = {"all": None, "hem": None, "n": None, **given}  # a manifest may lack any of them
+        n_all, n_hem = int(row["all"] or 0), int(row["hem"] or 0)
+        n = int(row["n"] or n_all + n_hem)
         cells = [name, n, n_all, n_hem, f"{100 * n_all / n:.0f}%" if n else "—"]
         out.append(cells + ([len(patients.get(name) or {})] if patients is not None else []))
     return out
@@ -155,13 +159,14 @@ def _wrongness(cell: dict) -> float:
     return -1.0 if p is None else p if cell["label"] == 0 else 1.0 - p
 
 
-def errors(final: dict | None) -> dict[str, Any] | None:
+def errors(final: FinalResult | None) -> dict[str, Any] | None:
     """The gallery of misclassified validation cells, grouped by true class.
 
     Args:
         final: The final step's result, or None; reads ``wrong`` (a list of ``{"image_id",
-            "patient_id", "label", "p_all", "pixels"}``, pixels a uint8 RGB array),
-            ``threshold`` and ``metrics_at_threshold``/``metrics`` (for the error count).
+            "patient_id", "label", "p_all", "pixels"}``, pixels a uint8 RGB array; None when not
+            recorded), ``threshold`` and ``metrics_at_threshold``/``metrics`` (for the error
+            count).
 
     Returns:
         None without a final result, else ``{"recorded", "has_validation", "shown", "total",
@@ -170,13 +175,12 @@ def errors(final: dict | None) -> dict[str, Any] | None:
     """
     if final is None:
         return None
-    final = {**dict.fromkeys(("wrong", "threshold", "metrics", "metrics_at_threshold")), **final}
-    val = final["metrics_at_threshold"] or final["metrics"]
+    val = final.metrics_at_threshold or final.metrics
     keys = dict.fromkeys(("image_id", "patient_id", "label", "p_all", "pixels"))
-    shown = [{**keys, **cell} for cell in list(final["wrong"] or [])[:MAX_ERRORS]]
+    shown = [{**keys, **cell} for cell in list(final.wrong or [])[:MAX_ERRORS]]
     total = None
     try:
-        (_, fp), (fn, _) = val["confusion_matrix"]
+        (_, fp), (fn, _) = (val or {})["confusion_matrix"]
         total = int(fp) + int(fn)
     except (TypeError, ValueError, KeyError):
         pass
@@ -196,7 +200,7 @@ def errors(final: dict | None) -> dict[str, Any] | None:
             pictures.append(_picture(c["pixels"], c["label"], title, p_text, c["patient_id"]))
         if pictures:
             out.append((heading, pictures))
-    t = num(final["threshold"])
-    return {"recorded": final["wrong"] is not None, "has_validation": bool(val),
+    t = num(final.threshold)
+    return {"recorded": final.wrong is not None, "has_validation": bool(val),
             "shown": len(shown), "total": total if total and total > len(shown) else None,
             "threshold": 0.5 if t is None else t, "groups": out}

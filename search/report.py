@@ -6,7 +6,7 @@ matplotlib figures as inline SVG, cell pictures as PNG ``data:`` URIs; no JavaSc
 network, so it opens anywhere. This module draws the search (optimization history, Optuna's
 parameter importances, learning curves with ASHA's stops, the trials); ``search.report_final``
 the final model and ``search.gallery`` the pictures. The objective is ``val_weighted_f1`` (the
-C-NMC 2019 challenge metric), maximised; the best trial is ``search.final.best_trial``'s, never a
+C-NMC 2019 challenge metric), maximised; the best trial is ``search.results.best_trial``'s, never a
 ``constant`` one (one class for every held-out cell). Both files are replaced atomically.
 """
 
@@ -18,6 +18,7 @@ import json
 import time
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -30,6 +31,14 @@ from leukemia.files import atomic_write
 from search import gallery
 from search.gallery import figure, num, svg
 from search.report_final import final_section
+from search.results import (
+    CSV_COLUMNS,
+    FinalResult,
+    Trial,
+    best_trial,
+    selected_epoch,
+    selected_score,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -37,9 +46,6 @@ if TYPE_CHECKING:
 __all__ = ["write_report", "write_trials_csv"]
 
 METRIC = "val_weighted_f1"  # history key plotted as learning curves; the trials' objective
-TRIAL_COLUMNS = ("trial_id", "number", "status", "best_score", "best_epoch", "epochs_run",
-                 "last_score", "error", "node_id", "nodes", "resumed_from_epoch", "started_at",
-                 "ended_at")
 STATUS_COLOURS = {
     "completed": "#1f77b4",
     "pruned": "#e67e22",
@@ -58,20 +64,14 @@ def _colour(status: str) -> str:
     return STATUS_COLOURS.get(status, "#555555")
 
 
-def _normalised(trials: list[dict]) -> list[dict]:
-    """Trials sorted by number, each with every key the report reads (None where absent)."""
-    full = [{**dict.fromkeys((*TRIAL_COLUMNS, "best_objective")), **t,
-             "params": t.get("params") or {}, "history": t.get("history") or []} for t in trials]
-    return sorted(full, key=lambda t: (t["number"] is None, t["number"] or 0))
-
-
-def _table(trials: list[dict]) -> tuple[list[str], list[list[Any]]]:
+def _table(trials: Sequence[Trial]) -> tuple[list[str], list[list[Any]]]:
     """Columns and raw row values of the trials table (parameters in first-seen order)."""
     params: dict[str, None] = {}
     for trial in trials:
-        params.update(dict.fromkeys(trial["params"]))
-    rows = [[t[c] for c in TRIAL_COLUMNS] + [t["params"].get(p) for p in params] for t in trials]
-    return [*TRIAL_COLUMNS, *(f"param_{p}" for p in params)], rows
+        params.update(dict.fromkeys(trial.params))
+    rows = [[*t.row().values(), *({**params, **t.params}[p] for p in params)]  # absent: None
+            for t in trials]
+    return [*CSV_COLUMNS, *(f"param_{p}" for p in params)], rows
 
 
 def _csv_cell(value: Any) -> str:
@@ -81,7 +81,7 @@ def _csv_cell(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
 
 
-def write_trials_csv(path: Path, trials: list[dict]) -> None:
+def write_trials_csv(path: Path, trials: Sequence[Trial]) -> None:
     """Write one CSV row per trial, sorted by trial number, atomically.
 
     The columns are ``trial_id, number, status, best_score, best_epoch, epochs_run, last_score
@@ -92,10 +92,9 @@ def write_trials_csv(path: Path, trials: list[dict]) -> None:
 
     Args:
         path: Destination file, e.g. ``runs/<name>/trials.csv``; its folder is created.
-        trials: Trial dicts as the search driver builds them (``trial_id``, ``number``,
-            ``status``, ``params``, ``best_score``...).
+        trials: The search's trials (``search.results.collect_trials``).
     """
-    columns, rows = _table(_normalised(trials))
+    columns, rows = _table(sorted(trials, key=lambda t: t.number))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
@@ -109,36 +108,35 @@ def _when(seconds: Any) -> str:
     return "—" if s is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(s))
 
 
-def _best(trials: list[dict]) -> dict[str, Any] | None:
-    """The search's best trial (``search.final.best_trial``) with the score it was judged by."""
-    from search.final import best_trial, selected_epoch, selected_score
-
-    if all(t["best_objective"] is not None for t in trials if t["best_score"] is not None):
+def _best(trials: Sequence[Trial]) -> dict[str, Any] | None:
+    """The search's best trial (``search.results.best_trial``) with the score it was judged by."""
+    best: Trial | None
+    if all(t.best_objective is not None for t in trials if t.best_score is not None):
         best = best_trial(trials)  # None when every scored trial was constant
     else:  # trials recorded before the objective was: the highest best score
-        scored = [t for t in trials if num(t["best_score"]) is not None
-                  and t["status"] != "constant"]
-        best = max(scored, key=lambda t: t["best_score"], default=None)
+        scored = [t for t in trials if num(t.best_score) is not None and t.status != "constant"]
+        best = max(scored, key=lambda t: t.best_score or 0.0, default=None)
     if best is None:
         return None
-    return {**best, "score": selected_score(best), "epoch": selected_epoch(best),
-            "params": sorted(best["params"].items())}
+    return {"trial_id": best.trial_id, "number": best.number, "status": best.status,
+            "epochs_run": best.epochs_run, "score": selected_score(best),
+            "epoch": selected_epoch(best), "params": sorted(best.params.items())}
 
 
-def _history(trials: list[dict]) -> Markup | None:
+def _history(trials: Sequence[Trial]) -> Markup | None:
     """Each trial's best score vs trial number by status, and the best-so-far step line."""
-    scored = [t for t in trials if num(t["best_score"]) is not None and t["number"] is not None]
+    scored = [t for t in trials if num(t.best_score) is not None]
     if not scored:
         return None
     fig, ax = figure(8, 3.4)
-    for status in dict.fromkeys(t["status"] for t in scored):
-        mine = [t for t in scored if t["status"] == status]
-        ax.scatter([t["number"] for t in mine], [t["best_score"] for t in mine],
+    for status in dict.fromkeys(t.status for t in scored):
+        mine = [t for t in scored if t.status == status]
+        ax.scatter([t.number for t in mine], [num(t.best_score) or 0.0 for t in mine],
                    color=_colour(status), label=status, zorder=3)
-    done = [t for t in scored if t["status"] == "completed"]
+    done = [t for t in scored if t.status == "completed"]
     if done:
-        best = [max(t["best_score"] for t in done[: i + 1]) for i in range(len(done))]
-        ax.step([t["number"] for t in done] + [scored[-1]["number"]], best + best[-1:],
+        best = [max(t.best_score or 0.0 for t in done[: i + 1]) for i in range(len(done))]
+        ax.step([t.number for t in done] + [scored[-1].number], best + best[-1:],
                 where="post", color="#222222", label="best so far (completed)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="trial number", ylabel=f"best {METRIC}")
@@ -180,12 +178,12 @@ def _importances(study: optuna.Study | None) -> dict[str, Any]:
     return {"figure": picture, "complete": n, "caveats": caveats}
 
 
-def _curves(trials: list[dict], max_t: int, best: dict | None) -> Markup | None:
+def _curves(trials: Sequence[Trial], max_t: int, best: dict | None) -> Markup | None:
     """Validation weighted F1 per epoch, one line per trial, its end marked by its status."""
     lines = []
     for trial in trials:
-        raw = [(num(row.get("epoch", i + 1)), num(row.get(METRIC)))
-               for i, row in enumerate(trial["history"])]
+        rows = [{"epoch": i + 1, METRIC: None, **row} for i, row in enumerate(trial.history)]
+        raw = [(num(row["epoch"]), num(row[METRIC])) for row in rows]
         pts = [(e, v) for e, v in raw if e is not None and v is not None]
         if pts:
             lines.append((trial, pts))
@@ -194,7 +192,7 @@ def _curves(trials: list[dict], max_t: int, best: dict | None) -> Markup | None:
     fig, ax = figure(8, 4)
     labelled: set[str] = set()
     for trial, pts in lines:
-        status, is_best = trial["status"], best is not None and trial["number"] == best["number"]
+        status, is_best = trial.status, best is not None and trial.number == best["number"]
         colour = "#222222" if is_best else _colour(status)
         marker, text = _ENDS.get(status, ("o" if len(pts) == 1 else "", status))
         label = "best trial" if is_best else text if text not in labelled else None
@@ -204,7 +202,7 @@ def _curves(trials: list[dict], max_t: int, best: dict | None) -> Markup | None:
                 zorder=3 if is_best else 2, marker=marker, markevery=[len(pts) - 1],
                 markersize=9 if marker in ("x", "X") else 6,
                 markerfacecolor="none" if status == "failed" else colour)
-        ax.annotate(f"#{trial['number']}", pts[-1], xytext=(5, 0), textcoords="offset points",
+        ax.annotate(f"#{trial.number}", pts[-1], xytext=(5, 0), textcoords="offset points",
                     fontsize=7, color=colour, va="center")
     ax.set(xlim=(0.8, max(max_t, *(e for _, pts in lines for e, _ in pts)) + 0.4),
            xlabel="epoch", ylabel=METRIC)
@@ -238,8 +236,8 @@ _ENV.filters.update(fmt=_fmt, fixed=_fixed, when=_when)
 _ENV.globals.update(colour=_colour)
 
 
-def write_report(path: Path, *, trials: list[dict], study: optuna.Study | None,
-                 final: dict | None, command: str, settings: dict, max_t: int,
+def write_report(path: Path, *, trials: Sequence[Trial], study: optuna.Study | None,
+                 final: FinalResult | None, command: str, settings: dict, max_t: int,
                  overview: dict | None = None) -> None:
     """Write the run's self-contained HTML report atomically.
 
@@ -247,23 +245,23 @@ def write_report(path: Path, *, trials: list[dict], study: optuna.Study | None,
     model (``search.report_final``); the validation cells it got wrong and a data overview
     (``search.gallery``); the optimization history; Optuna's parameter importances; every
     trial's learning curve with ASHA's stops marked; and the trials table. A section whose
-    input is missing (``study``, ``final``, ``overview``, any of ``final``'s keys, no scores
+    input is missing (``study``, ``final``, ``overview``, any of ``final``'s fields, no scores
     yet, importances that cannot be computed) shows a note instead.
 
     Args:
         path: Destination file, e.g. ``runs/<name>/report.html``; its folder is created.
-        trials: Trial dicts as for :func:`write_trials_csv`, with ``history`` rows holding
-            ``epoch`` and ``val_weighted_f1``.
+        trials: The search's trials, as for :func:`write_trials_csv`, with ``history`` rows
+            holding ``epoch`` and ``val_weighted_f1``.
         study: The Optuna study behind the search, for parameter importances, or None.
-        final: The final step's result (``search.report_final.FINAL_KEYS``), or None.
+        final: The final step's result (``search.final.run_final``), or None.
         command: The command that reproduces the run; shown verbatim.
         settings: The run's fixed settings, shown as a table.
         max_t: ASHA's epoch budget; the learning curves' x axis spans 1..max_t.
         overview: ``{"counts": <the store manifest's splits/folds/patients>, "samples":
             {"ALL": [uint8 RGB arrays], "normal": [...]}}`` for the data overview, or None.
     """
-    ordered = _normalised(trials)
-    counts = Counter(str(t["status"]) for t in ordered)
+    ordered = sorted(trials, key=lambda t: t.number)
+    counts = Counter(t.status for t in ordered)
     order = [*STATUS_COLOURS, *sorted(set(counts) - set(STATUS_COLOURS))]
     best = _best(ordered)
     fin = final_section(final)
@@ -271,10 +269,10 @@ def write_report(path: Path, *, trials: list[dict], study: optuna.Study | None,
     page = _ENV.get_template("report.html.j2").render(
         metric=METRIC, generated=_when(time.time()), command=command, settings=settings,
         counts=[(s, counts[s]) for s in order if counts[s]], n_trials=len(ordered), best=best,
-        any_constant=any(t["status"] == "constant" for t in ordered), final=fin,
+        any_constant=any(t.status == "constant" for t in ordered), final=fin,
         errors=gallery.errors(final),
         overview=gallery.overview(overview), history=_history(ordered),
-        unscored=sum(num(t["best_score"]) is None for t in ordered),
+        unscored=sum(num(t.best_score) is None for t in ordered),
         importances=_importances(study), curves=_curves(ordered, max_t, best),
         columns=[c.removeprefix("param_") for c in columns], rows=rows)
     atomic_write(path, page)

@@ -1,11 +1,11 @@
 """The final model's section of ``report.html``: what was exported and how well it does.
 
-:func:`final_section` turns the ``final`` dict that ``search.final`` builds into what the
+:func:`final_section` turns the ``FinalResult`` that ``search.final`` builds into what the
 template shows: the exported model's members and decision threshold, the metrics on
 validation_data at 0.5 and at the threshold beside the cross-validated (out-of-fold) estimate
 with patient-bootstrap CIs, scikit-learn's ``ConfusionMatrixDisplay`` per column and
 ``RocCurveDisplay``, weighted F1 by threshold with the chosen point, per-patient accuracy. Every
-key is optional: a missing or None value shows a note or drops its column.
+field is optional: a None value shows a note or drops its column.
 """
 
 from __future__ import annotations
@@ -19,12 +19,9 @@ from matplotlib.patches import Patch
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
 from search.gallery import CLASS_COLOURS, CLASS_NAMES, figure, num, svg
+from search.results import FinalResult
 
-__all__ = ["FINAL_KEYS", "final_section"]
-
-FINAL_KEYS = ("trial_id", "config", "epochs", "seeds", "members", "threshold",
-              "threshold_source", "metrics", "metrics_at_threshold", "cv", "cv_curve",
-              "seed_summary", "roc", "per_patient", "wrong")
+__all__ = ["final_section"]
 METRIC_ROWS = {"weighted_f1": "Weighted F1 (challenge metric)", "accuracy": "Accuracy",
                "balanced_accuracy": "Balanced accuracy",
                "sensitivity": "Sensitivity (recall of ALL)",
@@ -35,16 +32,17 @@ _METRIC_KEYS = dict.fromkeys((*METRIC_ROWS, *(f"{k}_ci95" for k in METRIC_ROWS),
                               "n_patients", "threshold", "confusion_matrix"))
 
 
-def _columns(final: dict) -> list[tuple[str, dict]]:
+def _columns(final: FinalResult) -> list[tuple[str, dict]]:
     """Validation at 0.5, at the stored threshold (unless 0.5 too) and the CV estimate."""
-    threshold = num(final["threshold"])
+    threshold = num(final.threshold)
     cols: list[tuple[str, dict]] = []
     half = None
-    for name, key in (("validation", "metrics"), ("validation", "metrics_at_threshold"),
-                      ("cross-validation (out-of-fold)", "cv")):
-        if not final[key]:
+    for name, key, given in (("validation", "metrics", final.metrics),
+                             ("validation", "metrics_at_threshold", final.metrics_at_threshold),
+                             ("cross-validation (out-of-fold)", "cv", final.cv)):
+        if not given:
             continue
-        metrics = {**_METRIC_KEYS, **final[key]}
+        metrics = {**_METRIC_KEYS, **given}
         own = num(metrics["threshold"])  # older results do not carry their threshold
         t = own if own is not None else 0.5 if key == "metrics" else threshold
         if key == "metrics":
@@ -62,11 +60,11 @@ def _ci(metrics: dict, key: str) -> tuple[float, float] | None:
     return (ci[0], ci[1]) if len(ci) == 2 and None not in ci else None  # type: ignore[return-value]
 
 
-def _metrics(final: dict, cols: list[tuple[str, dict]]) -> dict[str, Any]:
+def _metrics(final: FinalResult, cols: list[tuple[str, dict]]) -> dict[str, Any]:
     """The metrics table: one row per metric, one column per data set, the seeds' spread."""
     none: dict[str, Any] = {"mean": None, "std": None, "values": []}
-    summary = {k: {**none, **(s or {})} for k, s in (final["seed_summary"] or {}).items()}
-    n_seeds = max([len(final["seeds"] or []), *(len(s["values"]) for s in summary.values())])
+    summary = {k: {**none, **(s or {})} for k, s in (final.seed_summary or {}).items()}
+    n_seeds = max([len(final.seeds or []), *(len(s["values"]) for s in summary.values())])
     rows = []
     for key, name in METRIC_ROWS.items():
         spread = summary.get(key, none)
@@ -107,9 +105,9 @@ def _roc(roc: dict | None, auc: Any) -> Markup | None:
     return svg(fig)
 
 
-def _threshold_curve(final: dict) -> Markup | None:
+def _threshold_curve(final: FinalResult) -> Markup | None:
     """Out-of-fold weighted F1 against the decision threshold, the chosen point and 0.5."""
-    curve = {"thresholds": None, "weighted_f1": None, **(final["cv_curve"] or {})}
+    curve = {"thresholds": None, "weighted_f1": None, **(final.cv_curve or {})}
     x, y = (np.asarray(curve[k] or [], dtype=float) for k in ("thresholds", "weighted_f1"))
     if not len(x) or len(x) != len(y):
         return None
@@ -117,9 +115,9 @@ def _threshold_curve(final: dict) -> Markup | None:
     fig, ax = figure(5.4, 3.2)
     ax.plot(x[order], y[order], color="#1f77b4", label="weighted F1, out-of-fold")
     ax.axvline(0.5, color="#999999", linestyle="--", label="t = 0.5")
-    chosen = num(final["threshold"])
+    chosen = num(final.threshold)
     if chosen is not None:
-        at = num({**_METRIC_KEYS, **(final["cv"] or {})}["weighted_f1"])
+        at = num({**_METRIC_KEYS, **(final.cv or {})}["weighted_f1"])
         at = float(np.interp(chosen, x[order], y[order])) if at is None else at
         ax.plot([chosen], [at], "o", color="#c0392b", markersize=8,
                 label=f"chosen t = {chosen:.3g} (weighted F1 {at:.4f})")
@@ -165,28 +163,26 @@ def _members(members: list[dict]) -> dict[str, Any]:
     return {"timed": timed, "rows": rows}
 
 
-def final_section(final: dict | None) -> dict[str, Any] | None:
+def final_section(final: FinalResult | None) -> dict[str, Any] | None:
     """The report's final-model section as template content, or None when there is no final.
 
     Args:
-        final: The final step's result. Read keys, all optional (:data:`FINAL_KEYS`):
-            ``trial_id``, ``config``, ``epochs``, ``seeds``, ``members`` (``fold``, ``seed``,
-            ``epochs`` each), ``threshold``, ``threshold_source``, ``metrics`` (validation at
-            0.5), ``metrics_at_threshold``, ``cv`` (out-of-fold at the threshold),
-            ``seed_summary``, ``roc`` (``fpr``, ``tpr``), ``cv_curve`` (``thresholds``,
-            ``weighted_f1``), ``per_patient``. Metric dicts have
+        final: The final step's result; every field may be None. ``members`` holds ``fold``,
+            ``seed``, ``epochs`` each; ``roc`` ``fpr`` and ``tpr``; ``cv_curve``
+            ``thresholds`` and ``weighted_f1``. Metric dicts (``metrics``, validation at 0.5;
+            ``metrics_at_threshold``; ``cv``, out-of-fold at the threshold) have
             :func:`leukemia.metrics.binary_metrics`' keys.
     """
     if final is None:
         return None
-    final = {**dict.fromkeys(FINAL_KEYS), **final}
     cols = _columns(final)  # validation first: the ROC curve's AUC is the first column's
-    return {**final, "threshold": num(final["threshold"]), "seeds": list(final["seeds"] or []),
-            "members": _members(final["members"] or []),
-            "has_validation": bool(final["metrics"] or final["metrics_at_threshold"]),
-            "table": _metrics(final, cols), "config": sorted((final["config"] or {}).items()),
+    return {"trial_id": final.trial_id, "epochs": final.epochs,
+            "threshold_source": final.threshold_source, "threshold": num(final.threshold),
+            "seeds": list(final.seeds or []), "members": _members(final.members or []),
+            "has_validation": bool(final.metrics or final.metrics_at_threshold),
+            "table": _metrics(final, cols), "config": sorted((final.config or {}).items()),
             "confusions": [(name, _confusion(m["confusion_matrix"])) for name, m in cols
                            if m["confusion_matrix"] is not None],
-            "roc": _roc(final["roc"], cols[0][1]["roc_auc"] if cols else None),
+            "roc": _roc(final.roc, cols[0][1]["roc_auc"] if cols else None),
             "threshold_curve": _threshold_curve(final),
-            "per_patient": _patients(final["per_patient"])}
+            "per_patient": _patients(final.per_patient)}

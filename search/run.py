@@ -38,7 +38,6 @@ import functools
 import hashlib
 import json
 import logging
-import math
 import os
 import shlex
 import sys
@@ -48,13 +47,21 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout
 
+from search.results import (  # noqa: E402
+    METRIC,
+    MODE,
+    SCORE,
+    FinalResult,
+    Trial,
+    best_trial,
+    collect_trials,
+    selected_epoch,
+    selected_score,
+)
 from search.settings import SearchSettings  # noqa: E402  (after the path line above)
 
 log = logging.getLogger("search")
 
-# val_weighted_f1, ties broken by AUC; AUC - 1 for a model calling one class (search/trainable.py)
-METRIC, MODE = "objective", "max"
-SCORE = "val_weighted_f1"
 DEMO_PRESET = {"trials": 20, "max_epochs": 10, "image_size": 64, "grace_period": 2,
                "backbones": "small_cnn,unet,mobilenet_v3_small"}
 FULL_DEFAULTS = {"trials": 64, "max_epochs": SearchSettings.max_epochs,
@@ -109,53 +116,7 @@ def resolve_store(args: argparse.Namespace) -> str:
 # Results
 
 
-def collect_trials(results: Any, max_t: int) -> list[dict[str, Any]]:
-    """One dict per trial (params, per-epoch history, status, error, node) from a ResultGrid."""
-    from search.trainable import CONSTANT
-
-    trials: list[dict[str, Any]] = []
-    for r in results:
-        df = r.metrics_dataframe
-        history = [] if df is None or df.empty else [
-            {k: _clean(v) for k, v in row.items()}
-            for row in df.drop_duplicates("training_iteration", keep="last")
-            .sort_values("training_iteration").to_dict("records")]
-        scores = [(h[METRIC], -int(h["training_iteration"]), i) for i, h in enumerate(history)
-                  if h.get(METRIC) is not None]
-        top = history[max(scores)[2]] if scores else None
-        best = (top.get(SCORE), int(top["training_iteration"])) if top else (None, None)
-        epochs = int(history[-1]["training_iteration"]) if history else 0
-        meta = r.metrics or {}
-        trial_id = meta.get("trial_id") or (Path(r.path).name.split("_")[-1] if r.path else "?")
-        tag = str(meta.get("experiment_tag", "0")).split("_")[0]
-        last = history[-1] if history else {}
-        # constant: ended (stopped, or at the budget) predicting one class, ranking nothing
-        status = ("failed" if r.error else "pending" if not history else "constant"
-                  if last.get(CONSTANT) else "completed" if epochs >= max_t else "pruned")
-        trials.append({
-            "trial_id": trial_id, "number": int(tag) if tag.isdigit() else len(trials) + 1,
-            "params": dict(r.config or {}), "status": status,
-            "error": _short_error(r.error) if r.error else None, "history": history,
-            "best_score": best[0], "best_epoch": best[1], "epochs_run": epochs,
-            "best_objective": top[METRIC] if top else None,
-            "last_objective": last.get(METRIC), "last_score": last.get(SCORE),
-            "best_constant": bool(top and top.get(CONSTANT)),
-            "last_constant": bool(last.get(CONSTANT)),
-            "node_id": last.get("node_id"), "pid": last.get("pid"),
-            "nodes": list(dict.fromkeys(h["node_id"] for h in history if h.get("node_id"))),
-            "resumed_from_epoch": max((h.get("resumed_from_epoch") or 0 for h in history),
-                                      default=0),
-            "store_reads_in_process": last.get("store_reads_in_process"),
-            "started_at": last.get("trial_started_at"),
-            "ended_at": last.get("reported_at"), "path": r.path,
-            "first_step_at": next((h["first_step_at"] for h in history
-                                   if h.get("first_step_at")), None),
-            "train_seconds": sum(h.get("train_seconds") or 0 for h in history),
-        })
-    return sorted(trials, key=lambda t: t["number"])
-
-
-def settle_study(out: Path, trials: list[dict[str, Any]]) -> None:
+def settle_study(out: Path, trials: list[Trial]) -> None:
     """Mark FAIL the study's trials that Tune never ran or forgot, so none stays RUNNING.
 
     Tune saves its trials and the searcher's state together every few seconds; a driver killed
@@ -167,46 +128,32 @@ def settle_study(out: Path, trials: list[dict[str, Any]]) -> None:
     from optuna.trial import TrialState
 
     study = optuna.load_study(study_name="cnmc-search", storage=f"sqlite:///{out / 'study.db'}")
-    ran = {t["trial_id"] for t in trials}
+    ran = {t.trial_id for t in trials}
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get("ray_trial_id") in ran:
+        rid = t.user_attrs.get("ray_trial_id")
+        if rid in ran:
             continue
         optuna.Trial(study, t._trial_id).set_user_attr(
             "not_run", "asked just before the driver was killed; the resumed search replaced it")
         study.tell(t.number, state=TrialState.FAIL)
         log.info("study trial %d (Tune trial %s) was lost at a driver kill: marked FAIL",
-                 t.number, t.user_attrs.get("ray_trial_id"))
+                 t.number, rid)
 
 
-def node_summary(trials: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+def node_summary(trials: list[Trial]) -> dict[str, dict[str, int]]:
     """Per node: trials that ran there, worker processes, and store reads (all processes)."""
     nodes: dict[str, dict[str, Any]] = {}
+    keys = dict.fromkeys(("node_id", "pid", "store_reads_in_process"))
     for t in trials:
-        for h in t["history"]:
-            node = h.get("node_id")
-            if not node:
+        for h in ({**keys, **row} for row in t.history):
+            if not h["node_id"]:
                 continue
-            n = nodes.setdefault(node, {"trials": set(), "reads": {}})
-            n["trials"].add(t["trial_id"])
-            pid = h.get("pid")
-            reads = int(h.get("store_reads_in_process") or 0)
-            n["reads"][pid] = max(n["reads"].get(pid, 0), reads)
+            n = nodes.setdefault(h["node_id"], {"trials": set(), "reads": {}})
+            n["trials"].add(t.trial_id)
+            reads = int(h["store_reads_in_process"] or 0)
+            n["reads"][h["pid"]] = max(n["reads"].get(h["pid"], 0), reads)
     return {node: {"trials": len(n["trials"]), "worker_processes": len(n["reads"]),
                    "store_reads": sum(n["reads"].values())} for node, n in nodes.items()}
-
-
-def _clean(v: Any) -> Any:
-    if hasattr(v, "item"):
-        v = v.item()
-    if isinstance(v, float) and math.isnan(v):
-        return None
-    return v
-
-
-def _short_error(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    tail = [ln for ln in text if ln.strip()][-1:] or [type(e).__name__]
-    return f"{type(e).__name__}: {tail[0][:300]}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -515,7 +462,7 @@ def plan(args: argparse.Namespace, store: str, *, remote: bool
               "local path: every node writes trial checkpoints there, so it must be a shared "
               "filesystem (NFS/EFS) mounted at the same path on all nodes, or an s3:// / gs:// "
               "URI; otherwise trials fail when they checkpoint", file=sys.stderr)
-    use_gpu = per_trial.get("GPU", 0) > 0
+    use_gpu = "GPU" in per_trial  # plan_resources gives a GPU share only to GPU trials
     crop, window = Store(store).crop
     settings = SearchSettings(
         store=store, image_size=args.image_size, batch_size=args.batch_size,
@@ -576,15 +523,15 @@ def build_tuner(args: argparse.Namespace, settings: Any, per_trial: dict[str, fl
         callbacks=[LiveView(METRIC, args.max_epochs, args.trials, score=SCORE)])
 
 
-def run_final_step(args: argparse.Namespace, settings: Any, trials: list[dict[str, Any]],
-                   out: Path, per_trial: dict[str, float]) -> dict[str, Any] | None:
+def run_final_step(args: argparse.Namespace, settings: Any, trials: list[Trial],
+                   out: Path, per_trial: dict[str, float]) -> FinalResult | None:
     """Train and export the best configuration's final model(s) (``search/final.py``)."""
     from leukemia.store import Store
     from search import final as final_mod
 
-    best = final_mod.best_trial(trials)
+    best = best_trial(trials)
     if best is None:
-        if any(t["best_objective"] is not None for t in trials):  # all of them constant
+        if any(t.best_objective is not None for t in trials):  # all of them constant
             print("warning: every trial predicted one class for every cell; nothing to export "
                   "(trials.csv: status constant). Try more epochs, a higher learning rate or "
                   "another backbone", file=sys.stderr)
@@ -600,37 +547,36 @@ def run_final_step(args: argparse.Namespace, settings: Any, trials: list[dict[st
                                resources=per_trial, manifest=Store(settings.store).manifest)
 
 
-def write_summary(args: argparse.Namespace, trials: list[dict[str, Any]],
-                  final: dict[str, Any] | None, slots: int, out: Path, *,
+def write_summary(args: argparse.Namespace, trials: list[Trial],
+                  final: FinalResult | None, slots: int, out: Path, *,
                   search_seconds: float, tune_seconds: float, total_seconds: float,
                   refused: str | None = None) -> dict[str, Any]:
     """``summary.json``: the headline numbers of the run (``refused``: why nothing was
     exported although the final ran)."""
     from leukemia.files import atomic_write
-    from search import final as final_mod
 
-    best = final_mod.best_trial(trials)
-    counts = {s: sum(t["status"] == s for t in trials)
+    best = best_trial(trials)
+    counts = {s: sum(t.status == s for t in trials)
               for s in ("completed", "pruned", "constant", "failed")}
-    trial_epochs = sum(t["epochs_run"] for t in trials)
+    trial_epochs = sum(t.epochs_run for t in trials)
     summary = {"search_seconds": round(search_seconds, 1), "tune_seconds": round(tune_seconds, 1),
                "concurrent_trials": slots, "total_seconds": round(total_seconds, 1),
                "trial_counts": counts, "trial_epochs": trial_epochs,
                "trial_epochs_full_budget": len(trials) * args.max_epochs,
-               "best_trial": best["trial_id"] if best else None,
-               "best_val_fold_weighted_f1": final_mod.selected_score(best) if best else None,
-               "best_epoch": final_mod.selected_epoch(best) if best else None,
-               "threshold": final["threshold"] if final else None,
-               "validation": final["metrics_at_threshold"] if final else None,
-               "validation_at_0.5": final["metrics"] if final else None,
-               "cv": final["cv"] if final else None,
+               "best_trial": best.trial_id if best else None,
+               "best_val_fold_weighted_f1": selected_score(best) if best else None,
+               "best_epoch": selected_epoch(best) if best else None,
+               "threshold": final.threshold if final else None,
+               "validation": final.metrics_at_threshold if final else None,
+               "validation_at_0.5": final.metrics if final else None,
+               "cv": final.cv if final else None,
                "export_refused": refused, "nodes": node_summary(trials)}
     atomic_write(out / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
-def write_report(args: argparse.Namespace, settings: Any, trials: list[dict[str, Any]],
-                 final: dict[str, Any] | None, summary: dict[str, Any], slots: int,
+def write_report(args: argparse.Namespace, settings: Any, trials: list[Trial],
+                 final: FinalResult | None, summary: dict[str, Any], slots: int,
                  per_trial: dict[str, float], out: Path) -> None:
     """``report.html``: one self-contained page of the whole run."""
     import optuna
@@ -652,7 +598,7 @@ def write_report(args: argparse.Namespace, settings: Any, trials: list[dict[str,
              "trial-epochs used / full budget":
                  f"{summary['trial_epochs']} / {summary['trial_epochs_full_budget']}"}
     overview = {"counts": {k: manifest.get(k) for k in ("splits", "folds", "patients")},
-                "samples": (final or {}).get("samples") or {}}
+                "samples": (final.samples if final else None) or {}}
     report.write_report(out / "report.html", trials=trials, study=study, final=final,
                         command=(out / "command.txt").read_text().strip(), settings=shown,
                         max_t=args.max_epochs, overview=overview)
@@ -687,9 +633,9 @@ def _print_summary(summary: dict[str, Any], out: Path | str) -> None:
     if summary["best_trial"]:
         print(f"best trial {summary['best_trial']}: held-out fold weighted F1 "
               f"{summary['best_val_fold_weighted_f1']:.4f} at epoch {summary['best_epoch']}")
-    cv = summary.get("cv")
+    cv = summary["cv"]
     if cv:
-        ci = cv.get("weighted_f1_ci95")
+        ci = cv["weighted_f1_ci95"]
         ci_text = f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
         print(f"cross-validated (out-of-fold, {cv['n']} cells, {cv['n_patients']} patients, "
               f"threshold {summary['threshold']:.3f}): weighted F1 {cv['weighted_f1']:.4f}"
@@ -697,7 +643,7 @@ def _print_summary(summary: dict[str, Any], out: Path | str) -> None:
               f"{_fmt(cv['specificity'])}, roc auc {_fmt(cv['roc_auc'])}")
     v = summary["validation"]
     if v:
-        ci = v.get("weighted_f1_ci95")
+        ci = v["weighted_f1_ci95"]
         ci_text = f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
         rest = ", ".join(f"{k.replace('_', ' ')} {_fmt(v[k])}" for k in (
             "accuracy", "balanced_accuracy", "sensitivity", "specificity", "roc_auc"))

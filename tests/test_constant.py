@@ -11,6 +11,7 @@ init are left out of the default space at that size (``search.space.SCRATCH_CONS
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pytest
 from searchrun import run
 from searchrun import trials as read_trials
 
-from search.final import best_trial, selected_epoch
+from search.results import Trial, best_trial, selected_epoch
 from search.searcher import ConstantStopper
 from search.space import DEFAULT_BACKBONES, SCRATCH_CONSTANT, default_backbones
 from search.trainable import (
@@ -100,16 +101,17 @@ def test_constant_stopper_stops_from_the_first_rung_on():
 # Selection
 
 
-def _trial(number: int, rows: list[dict], status: str) -> dict:
-    """A trial record as ``search.run.collect_trials`` builds it, from metrics rows."""
+def _trial(number: int, rows: list[dict], status: str, history: list[dict] | None = None
+           ) -> Trial:
+    """A trial as ``search.results.collect_trials`` builds it, from metrics rows."""
     objs = [objective(r) for r in rows]
     peak = max(range(len(objs)), key=lambda e: (objs[e], -e))
-    return {"trial_id": f"t{number}", "number": number, "status": status,
-            "epochs_run": len(rows), "best_objective": objs[peak], "best_epoch": peak + 1,
-            "best_score": rows[peak]["val_weighted_f1"], "last_objective": objs[-1],
-            "last_score": rows[-1]["val_weighted_f1"],
-            "best_constant": is_constant(rows[peak]), "last_constant": is_constant(rows[-1]),
-            "params": {}}
+    return Trial(trial_id=f"t{number}", number=number, status=status,
+                 epochs_run=len(rows), best_objective=objs[peak], best_epoch=peak + 1,
+                 best_score=rows[peak]["val_weighted_f1"], last_objective=objs[-1],
+                 last_score=rows[-1]["val_weighted_f1"],
+                 best_constant=is_constant(rows[peak]), last_constant=is_constant(rows[-1]),
+                 history=history or [])
 
 
 def test_best_trial_never_picks_a_constant_trial():
@@ -120,7 +122,7 @@ def test_best_trial_never_picks_a_constant_trial():
     best = best_trial([*constant, small])
     assert best is small and selected_epoch(best) == 1
     # a record that says completed but ended constant is not a full-budget candidate either
-    ended_constant = {**constant[0], "status": "completed"}
+    ended_constant = dataclasses.replace(constant[0], status="completed")
     assert best_trial([ended_constant, small]) is small
 
 
@@ -133,8 +135,8 @@ def test_report_shows_constant_trials_and_no_best_when_all_are(tmp_path):
     from search.report import write_report
 
     rows = [_row(0.523, 1.0, 0.0, 0.5)]
-    trials = [{**_trial(n, rows, "constant"),
-               "history": [{"epoch": 1, "val_weighted_f1": 0.523, "constant": 1.0}]}
+    trials = [_trial(n, rows, "constant",
+                     [{"epoch": 1, "val_weighted_f1": 0.523, "constant": 1.0}])
               for n in range(2)]
     write_report(tmp_path / "r.html", trials=trials, study=None, final=None, command="x",
                  settings={}, max_t=3)

@@ -236,13 +236,14 @@ def test_the_trial_folder_rule_pickles_as_plain_data():
 
 
 def test_settle_study_fails_trials_tune_never_ran(tmp_path):
+    from search.results import Trial
     from search.run import settle_study
 
     study = optuna.create_study(study_name="cnmc-search",
                                 storage=f"sqlite:///{tmp_path / 'study.db'}")
     for rid in ("ran", "lost"):
         study.ask().set_user_attr("ray_trial_id", rid)
-    settle_study(tmp_path, [{"trial_id": "ran"}])
+    settle_study(tmp_path, [Trial(trial_id="ran", number=0, status="completed")])
     states = {t.user_attrs["ray_trial_id"]: (t.state, "not_run" in t.user_attrs)
               for t in _study(tmp_path).trials}
     assert states == {"ran": (optuna.trial.TrialState.RUNNING, False),  # its searcher tells it

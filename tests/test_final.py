@@ -20,15 +20,8 @@ import pytest
 from searchrun import run, start, stop_group
 
 from leukemia import metrics as M
-from search.final import (
-    _choose_threshold,
-    _pool_oof,
-    best_trial,
-    plan_members,
-    selected_epoch,
-    selected_score,
-    training_folds,
-)
+from search.final import _choose_threshold, _pool_oof, plan_members, training_folds
+from search.results import Trial, best_trial, selected_epoch, selected_score
 from search.settings import SearchSettings
 
 MEMBERS = ("fold0-seed0", "fold1-seed0", "fold2-seed0")  # the sample store has 3 official folds
@@ -39,9 +32,9 @@ def _settings(**kw) -> SearchSettings:
                              "max_epochs": 6, **kw})
 
 
-TRIAL = {"trial_id": "t1", "best_epoch": 4,
-         "params": {"backbone": "small_cnn", "learning_rate": 3e-4, "augment": False,
-                    "augment_strength": 0.3, "dropout": 0.1}}
+TRIAL = Trial(trial_id="t1", number=1, status="pruned", best_epoch=4,
+              params={"backbone": "small_cnn", "learning_rate": 3e-4, "augment": False,
+                      "augment_strength": 0.3, "dropout": 0.1})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -60,14 +53,13 @@ def test_plan_members_cv_one_member_per_held_out_fold_and_seed():
         assert c.augment is False
 
 
-def _ran(number: int, status: str, objectives: list[float]) -> dict:
-    """A trial record as ``search/run.py`` builds it (objective = score here)."""
+def _ran(number: int, status: str, objectives: list[float]) -> Trial:
+    """A trial as ``search.results.collect_trials`` builds it (objective = score here)."""
     peak = max(range(len(objectives)), key=lambda e: (objectives[e], -e))
-    return {"trial_id": f"t{number}", "number": number, "status": status,
-            "epochs_run": len(objectives), "best_objective": objectives[peak],
-            "best_score": objectives[peak], "best_epoch": peak + 1,
-            "last_objective": objectives[-1], "last_score": objectives[-1],
-            "params": TRIAL["params"]}
+    return Trial(trial_id=f"t{number}", number=number, status=status,
+                 epochs_run=len(objectives), best_objective=objectives[peak],
+                 best_score=objectives[peak], best_epoch=peak + 1,
+                 last_objective=objectives[-1], last_score=objectives[-1], params=TRIAL.params)
 
 
 def test_best_trial_is_the_best_full_budget_run_not_the_highest_peak():
@@ -91,8 +83,7 @@ def test_best_trial_without_a_full_budget_run_takes_the_peak_of_any_trial():
     stopped = _ran(1, "pruned", [0.80, 0.85])
     best = best_trial([failed, stopped])
     assert best is failed and (selected_epoch(best), selected_score(best)) == (2, 0.90)
-    assert best_trial([{"trial_id": "x", "number": 0, "status": "failed",
-                        "best_objective": None}]) is None
+    assert best_trial([Trial(trial_id="x", number=0, status="failed")]) is None
 
 
 def test_plan_members_all_folds_trains_on_every_fold():

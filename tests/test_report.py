@@ -20,6 +20,7 @@ import pytest
 from leukemia.metrics import best_threshold, binary_metrics, threshold_curve
 from search.gallery import png_data_uri
 from search.report import write_report, write_trials_csv
+from search.results import FinalResult, Trial
 
 COMMAND = "python search/run.py --trials 6 --note 'a<b & c>d'"
 SETTINGS = {
@@ -33,31 +34,31 @@ SETTINGS = {
 }
 
 
-def _trial(number: int, status: str, scores: list[float | None], **params: object) -> dict:
-    """A trial dict as the search driver builds it, with history from ``scores``."""
+def _trial(number: int, status: str, scores: list[float | None], **params: object) -> Trial:
+    """A trial as the search driver builds it, with history from ``scores``."""
     history = [
         {"epoch": i + 1, "val_weighted_f1": s, "loss": 0.7 - 0.05 * i, "val_loss": 0.6}
         for i, s in enumerate(scores)
     ]
     finite = [(s, i + 1) for i, s in enumerate(scores) if s is not None]
     best_score, best_epoch = max(finite) if finite else (None, None)
-    return {
-        "trial_id": f"a1b2c3_{number:05d}",
-        "number": number,
-        "params": params,
-        "status": status,
-        "error": "ValueError: loss is NaN at step 3" if status == "failed" else None,
-        "history": history,
-        "best_score": best_score,
-        "best_epoch": best_epoch,
-        "epochs_run": len(scores),
-        "node_id": "f3e2d1c0b9a8" * 4,
-        "started_at": 1700000000.0 + 60 * number,
-        "ended_at": None if status == "running" else 1700000050.0 + 60 * number,
-    }
+    return Trial(
+        trial_id=f"a1b2c3_{number:05d}",
+        number=number,
+        params=params,
+        status=status,
+        error="ValueError: loss is NaN at step 3" if status == "failed" else None,
+        history=history,
+        best_score=best_score,
+        best_epoch=best_epoch,
+        epochs_run=len(scores),
+        node_id="f3e2d1c0b9a8" * 4,
+        started_at=1700000000.0 + 60 * number,
+        ended_at=None if status == "running" else 1700000050.0 + 60 * number,
+    )
 
 
-def _trials() -> list[dict]:
+def _trials() -> list[Trial]:
     """Seven trials covering every status; ``augment_strength`` is conditional on ``augment``."""
     return [
         _trial(2, "pruned", [0.55, 0.58], backbone="small_cnn", learning_rate=0.03, augment=False),
@@ -147,7 +148,8 @@ def _final() -> dict:
 
 
 def _render(tmp_path: Path, **kw: object) -> str:
-    """Write the report with defaults overridden by ``kw`` and return its text."""
+    """Write the report with defaults overridden by ``kw`` and return its text (a ``final``
+    dict becomes a ``FinalResult`` of its keys)."""
     args: dict = {
         "trials": _trials(),
         "study": _study(),
@@ -157,6 +159,8 @@ def _render(tmp_path: Path, **kw: object) -> str:
         "max_t": 4,
     }
     args.update(kw)
+    if isinstance(args["final"], dict):
+        args["final"] = FinalResult(**args["final"])
     path = tmp_path / "report.html"
     write_report(path, **args)
     return path.read_text(encoding="utf-8")
