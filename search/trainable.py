@@ -38,7 +38,7 @@ _STORE_READS = 0  # how many times this process read the store (reported with ev
 # held-out cell the same class scores AUC - 1 (in [-1, 0]; AUC 0.5 when undefined): below every
 # model that calls both classes, however poorly, and ordered among its kind by how well it ranks
 # the cells. A real search exported such a model: it scored the majority share (wF1 0.52) while
-# models still settling their calibration scored 0.2-0.4 at ASHA's first rung (issue 16).
+# models still settling their calibration scored 0.2-0.4 at ASHA's first rung.
 OBJECTIVE = "objective"
 TIEBREAK = 1e-4
 # ``constant`` (reported every epoch, 1.0 or 0.0): one class called for every held-out cell at

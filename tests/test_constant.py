@@ -1,4 +1,4 @@
-"""Never a constant predictor, never dead weight (issue 16, item 5).
+"""Never a constant predictor, never dead weight.
 
 A model that calls every held-out cell the same class scores below every model that calls both
 (``search.trainable.objective``), is stopped at ASHA's first rung (``ConstantStopper``), shows

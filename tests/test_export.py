@@ -24,7 +24,7 @@ def _members(n: int, size: int = SIZE) -> list:
 
     A fresh network scores every cell within ~1e-3 of 0.5; the output unit's weights are
     scaled up so that P(ALL) spreads over (0, 1) and orientation moves it visibly, as it does
-    in a trained model (up to 0.57 on a real cell, issue 10).
+    in a trained model (up to 0.57 on a real cell).
     """
     import keras
 
