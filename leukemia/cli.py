@@ -207,6 +207,7 @@ def _csv_field(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``leukemia`` command."""
+    from leukemia.imaging import CROPS, DEFAULT_CROP, DEFAULT_SIZE, DEFAULT_WINDOW
     from leukemia.rules import RULES
 
     p = argparse.ArgumentParser(prog="leukemia", description=__doc__.split("\n")[0])
@@ -222,14 +223,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("ingest", help="build the Parquet image store from a C-NMC folder")
     s.add_argument("data_dir", help="C-NMC_Leukemia folder or its parent")
     s.add_argument("--store", required=True, help="destination folder or URI (s3://, gs://)")
-    s.add_argument("--size", type=int, default=224, help="stored image side in px (224)")
+    s.add_argument("--size", type=int, default=DEFAULT_SIZE,
+                   help=f"stored image side in px ({DEFAULT_SIZE})")
     s.add_argument("--workers", type=int, default=None, help="decoding processes (all cores)")
-    s.add_argument("--crop", choices=["window", "cell", "none"], default="window",
-                   help="window (default): a --window px square of the frame centred on the "
-                   "cell, so cells keep their size; cell: the cell's bounding square (every "
-                   "cell fills the image); none: the whole frame")
+    s.add_argument("--crop", choices=list(CROPS), default=DEFAULT_CROP,
+                   help="window: a --window px square of the frame centred on the cell, so "
+                   "cells keep their size; cell: the cell's bounding square (every cell fills "
+                   "the image); none: the whole frame (default: %(default)s)")
     s.add_argument("--window", type=int, default=None,
-                   help="side of the window crop in px of the original frame (320)")
+                   help=f"side of the window crop in px of the original frame ({DEFAULT_WINDOW})")
     s.add_argument("--no-crop", action="store_true", help="same as --crop none")
     s.add_argument("--skip-bad", action="store_true",
                    help="skip unreadable images (listed in the manifest) instead of failing")

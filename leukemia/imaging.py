@@ -77,6 +77,7 @@ def _square(cy: int, cx: int, side: int, img: np.ndarray) -> np.ndarray:
 CROPS = ("window", "cell", "none")
 DEFAULT_CROP = "window"  # set by benchmarks/quality.py on held-out patients (PERFORMANCE.md)
 DEFAULT_WINDOW = 320  # px of the 450 px frame: holds the largest cells whole (p99 side ~300 px)
+DEFAULT_SIZE = 224  # stored image side in px: ingest's default, and a search's image size
 
 
 def check_crop(crop: str | bool, window: int | None = None) -> tuple[str, int | None]:

@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 
 from leukemia import dataset
 from leukemia.dataset import DatasetError, Record
-from leukemia.imaging import DEFAULT_CROP, check_crop, preprocess_frame, read_frame
+from leukemia.imaging import DEFAULT_CROP, DEFAULT_SIZE, check_crop, preprocess_frame, read_frame
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +202,9 @@ def _counts(records: Iterable[Record]) -> dict[str, Any]:
     }
 
 
-def ingest(data_dir: str | Path, store: str, *, size: int = 224, workers: int | None = None,
-           crop: str | bool = DEFAULT_CROP, window: int | None = None, skip_bad: bool = False,
+def ingest(data_dir: str | Path, store: str, *, size: int = DEFAULT_SIZE,
+           workers: int | None = None, crop: str | bool = DEFAULT_CROP,
+           window: int | None = None, skip_bad: bool = False,
            overwrite: bool = True, progress: bool = True) -> dict[str, Any]:
     """Build a Parquet image store from a C-NMC dataset folder.
 

@@ -11,14 +11,17 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from leukemia.config import TrainConfig
+from leukemia.imaging import DEFAULT_CROP, DEFAULT_SIZE, DEFAULT_WINDOW
+
 
 @dataclass(frozen=True)
 class SearchSettings:
     """A search's fixed settings (flags of ``search/run.py``)."""
 
     store: str  # the image store every worker reads (path or URI)
-    image_size: int = 224  # model input side in px
-    batch_size: int = 32  # images per step
+    image_size: int = DEFAULT_SIZE  # model input side in px
+    batch_size: int = TrainConfig.batch_size  # images per step
     max_epochs: int = 20  # the epoch budget: ASHA's max_t, and the learning-rate decay horizon
     weights: str = "none"  # "imagenet" or "none" (random init)
     val_fold: int = 0  # the training fold a trial holds out for its score
@@ -27,8 +30,8 @@ class SearchSettings:
     trials_per_gpu: int = 0  # trials sharing one GPU (0: CPU trials)
     cpus_per_trial: int = 1  # CPU threads each trial's TensorFlow may use
     plugins: tuple[str, ...] = field(default_factory=tuple)  # files imported in every worker
-    crop: str = "window"  # how the store's images were cropped (recorded in the model)
-    window: int | None = 320  # the window crop's side in px of the original frame
+    crop: str = DEFAULT_CROP  # how the store's images were cropped (recorded in the model)
+    window: int | None = DEFAULT_WINDOW  # the window crop's side in px of the original frame
     tta: bool = True  # the exported model averages the 8 flips/rotations of a cell
     # the exported decision rule: "0.5" (balanced class weights, cut at 0.5), "oof" (the
     # wF1-maximising threshold on out-of-fold predictions) or "prior" (transductive prior
