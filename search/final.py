@@ -313,7 +313,8 @@ def run_final(trial: Trial, settings: SearchSettings, out: Path, *, mode: str = 
                   "started_at": spans[n]["started_at"], "ended_at": spans[n]["ended_at"]}
                  for n, c in zip(names, configs)],
         wrong=val["wrong"] if val else [], samples=exp["samples"], roc=roc,
-        per_patient=per_patient)
+        per_patient=per_patient, rule=rule.to_dict(),
+        transductive=val["transductive"] if val else None)
 
 
 def _pool_oof(runs: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -18,6 +18,7 @@ from markupsafe import Markup
 from matplotlib.patches import Patch
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
+from leukemia.rules import Rule
 from search.gallery import CLASS_COLOURS, CLASS_NAMES, figure, num, svg
 from search.results import FinalResult
 
@@ -163,6 +164,33 @@ def _members(members: list[dict]) -> dict[str, Any]:
     return {"timed": timed, "rows": rows}
 
 
+def _transductive(scores: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The batch variants' rows (each a metrics dict, or ``skipped`` with why)."""
+    if not scores:
+        return None
+    names = {"neighbours": "neighbour correction (K = {k})",
+             "adapted_bn": "BatchNorm statistics of the pooled cells",
+             "per_patient": "per-patient call (ALL when at least half the cells are)"}
+    scores = {"note": "", **dict.fromkeys(names), **scores}
+    rows = []
+    for key, label in names.items():
+        s = scores[key]
+        if s is None:
+            continue
+        label = label.format(k=s["k"] if "k" in s else "?")
+        if "skipped" in s:
+            rows.append((label, None, f"not scored: {s['skipped']}"))
+        elif key == "per_patient":
+            rows.append((label, [("accuracy", s["accuracy"]), ("sensitivity", s["sensitivity"]),
+                                 ("specificity", s["specificity"])],
+                         f"{s['patients']} patients, {s['all_patients']} with ALL"))
+        else:
+            rows.append((label, [(k, s[k]) for k in ("weighted_f1", "sensitivity",
+                                                     "specificity", "roc_auc")],
+                         f"{s['n']} cells"))
+    return {"note": scores["note"], "rows": rows}
+
+
 def final_section(final: FinalResult | None) -> dict[str, Any] | None:
     """The report's final-model section as template content, or None when there is no final.
 
@@ -178,6 +206,8 @@ def final_section(final: FinalResult | None) -> dict[str, Any] | None:
     cols = _columns(final)  # validation first: the ROC curve's AUC is the first column's
     return {"trial_id": final.trial_id, "epochs": final.epochs,
             "threshold_source": final.threshold_source, "threshold": num(final.threshold),
+            "rule": Rule.from_dict(final.rule).describe() if final.rule else None,
+            "transductive": _transductive(final.transductive),
             "seeds": list(final.seeds or []), "members": _members(final.members or []),
             "has_validation": bool(final.metrics or final.metrics_at_threshold),
             "table": _metrics(final, cols), "config": sorted((final.config or {}).items()),

@@ -96,6 +96,9 @@ class FinalResult:
     samples: dict[str, list[Any]] | None = None  # a few training cells per class (pixels)
     roc: dict[str, Any] | None = None  # validation ROC curve: fpr, tpr
     per_patient: list[dict[str, Any]] | None = None  # validation accuracy per patient
+    rule: dict[str, Any] | None = None  # the exported decision rule (leukemia.rules.Rule)
+    # validation_data under the batch variants (leukemia.evaluate.transductive_scores)
+    transductive: dict[str, Any] | None = None
 
 
 def collect_trials(results: Iterable[Any], max_t: int) -> list[Trial]:

@@ -446,6 +446,32 @@ def test_write_report_final_shows_both_thresholds_cv_and_curve(tmp_path: Path) -
                                         for k in range(3))]
 
 
+def test_write_report_final_names_the_rule_and_the_batch_variants(tmp_path: Path) -> None:
+    final = {**_cv_final(), "rule": {"name": "prior", "threshold": 0.5, "prior": 0.62},
+             "transductive": {
+                 "note": "each variant uses the whole batch scored together (80 cells): "
+                         "transductive",
+                 "neighbours": {"k": 7, "n": 80, "weighted_f1": 0.81234, "sensitivity": 0.9,
+                                "specificity": 0.7, "roc_auc": 0.88},
+                 "adapted_bn": {"skipped": "80 cells, fewer than 100"},
+                 "per_patient": {"patients": 12, "all_patients": 7, "accuracy": 0.75,
+                                 "sensitivity": 1.0, "specificity": 0.4, "call_share": 0.5}}}
+    section = _section(_render(tmp_path, final=final), "final")
+    text, rows = _text(section), _rows(section)
+    assert "Decision rule stored in the model (what leukemia predict applies): prior matching " \
+        "(transductive: 62% of the batch called ALL" in text
+    assert "Batch variants on validation_data (transductive)" in text
+    assert ["neighbour correction (K = 7)", "weighted_f1 0.8123; sensitivity 0.9000; "
+            "specificity 0.7000; roc_auc 0.8800", "80 cells"] in rows
+    assert ["BatchNorm statistics of the pooled cells", "—",
+            "not scored: 80 cells, fewer than 100"] in rows
+    assert ["per-patient call (ALL when at least half the cells are)", "accuracy 0.7500; "
+            "sensitivity 1.0000; specificity 0.4000", "12 patients, 7 with ALL"] in rows
+    # without them (an older result): neither line
+    plain = _text(_section(_render(tmp_path, final=_cv_final()), "final"))
+    assert "Batch variants" not in plain and "Decision rule stored" not in plain
+
+
 def test_write_report_errors_gallery_images_decode(tmp_path: Path) -> None:
     final = _cv_final()
     section = _section(_render(tmp_path, final=final), "errors")
