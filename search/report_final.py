@@ -172,7 +172,7 @@ def _transductive(scores: dict[str, Any] | None) -> dict[str, Any] | None:
              "adapted_bn": "BatchNorm statistics of the pooled cells",
              "per_patient": "per-patient call (ALL when at least half the cells are)"}
     scores = {"note": "", **dict.fromkeys(names), **scores}
-    rows = []
+    rows: list[tuple[str, list[tuple[str, Any]] | None, str]] = []
     for key, label in names.items():
         s = scores[key]
         if s is None:
