@@ -139,13 +139,21 @@ def test_search_end_to_end_on_real_sample(tmp_path, real_data):
     trials = read_trials(out)
     assert len(trials) == 6
     statuses = [t["status"] for t in trials]
-    assert "pruned" in statuses, statuses
-    assert all(s in ("completed", "pruned", "constant") for s in statuses), statuses
-    states = [t.state for t in _study(out).trials]
-    assert optuna.trial.TrialState.PRUNED in states
-    assert optuna.trial.TrialState.COMPLETE in states
-    pruned = [t for t in _study(out).trials if t.state == optuna.trial.TrialState.PRUNED]
-    assert all(t.intermediate_values for t in pruned)  # the curve up to the stop is kept
+    # whether ASHA stops one of 6 trials depends on the order their scores arrive in (all 5
+    # non-constant trials of one CI run arrived each better than the last): the rule, not a
+    # count, is what holds. A trial that stopped early is pruned or constant, one that ran the
+    # budget completed (or constant); the study says the same, with the curve up to the stop.
+    for t in trials:
+        early = int(t["epochs_run"]) < 3
+        assert t["status"] in (("pruned", "constant") if early else ("completed", "constant")), t
+    assert "completed" in statuses, statuses
+    study = {t.user_attrs["ray_trial_id"]: t for t in _study(out).trials}
+    for t in trials:
+        st, early = study[t["trial_id"]], int(t["epochs_run"]) < 3
+        assert st.state == (optuna.trial.TrialState.PRUNED if early
+                            else optuna.trial.TrialState.COMPLETE), (t, st.state)
+        if early:  # the curve up to the stop is kept
+            assert max(st.intermediate_values) == int(t["epochs_run"]), st.intermediate_values
     metrics = json.loads((out / "best" / "metrics.json").read_text())
     assert metrics["n"] == 40 and metrics["split"] == "validation"
     for key in ("weighted_f1", "weighted_f1_ci95", "accuracy", "balanced_accuracy",
