@@ -5,6 +5,11 @@ candidates: weighted F1 at the 0.5 threshold (the C-NMC metric as is), weighted 
 own best threshold (the final step chooses a threshold anyway), and ROC AUC (ranking only). A
 good signal picks configurations that do well on *other* patients.
 
+The search's own objective (``search.trainable.objective``: wF1 at 0.5, or ROC AUC - 1 for a model
+that calls every held-out cell the same class) is a fourth row; with a backbone that stays
+constant in the pool (``--backbones small_cnn,mobilenet_v3_small --image-size 96``) the table
+also says how often each signal picks a constant predictor.
+
 Protocol: the dev set (``../shared/data/cnmc-dev``: official fold_1, 14 patients, 3 of them
 normal) is split into 3 patient groups, one normal patient each (``leukemia.folds.cv_folds``).
 Every configuration of a pool sampled from the real search space (``search/space.py``, Optuna's
@@ -38,7 +43,9 @@ import numpy as np
 from _common import DEFAULT_DATA, REPO
 
 DEV = Path(os.environ.get("CNMC_DEV_DATA", REPO.parent / "shared" / "data" / "cnmc-dev"))
-SIGNALS = ("wf1_at_0.5", "wf1_at_best_threshold", "roc_auc")
+# "objective" is the search's own (search.trainable.objective): wF1 at 0.5, or AUC - 1 for a
+# model that calls every cell the same class
+SIGNALS = ("objective", "wf1_at_0.5", "wf1_at_best_threshold", "roc_auc")
 
 
 def _store(data: Path, size: int, cache: Path) -> str:
@@ -71,16 +78,19 @@ def _pool(n: int, backbones: list[str], seed: int) -> list[dict[str, Any]]:
     return out
 
 
-def _epoch_scores(y: np.ndarray, p: np.ndarray) -> dict[str, float | None]:
+def _epoch_scores(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
     from leukemia import metrics as M
+    from search.trainable import is_constant, objective
 
-    if len(set(y.tolist())) < 2:
-        return {"wf1_at_0.5": M.weighted_f1(y, (p >= 0.5).astype(int)), "roc_auc": None,
-                "wf1_at_best_threshold": None, "threshold": 0.5}
-    t = M.best_threshold(y, p)
-    return {"wf1_at_0.5": M.weighted_f1(y, (p >= 0.5).astype(int)),
-            "wf1_at_best_threshold": M.weighted_f1(y, (p >= t).astype(int)),
-            "roc_auc": M.roc_auc(y, p), "threshold": float(t)}
+    row = {f"val_{k}": v for k, v in M.binary_metrics(y, p, n_boot=0).items()}
+    out: dict[str, Any] = {"wf1_at_0.5": M.weighted_f1(y, (p >= 0.5).astype(int)),
+                           "objective": objective(row), "constant": is_constant(row),
+                           "roc_auc": None, "wf1_at_best_threshold": None, "threshold": 0.5}
+    if len(set(y.tolist())) == 2:
+        t = M.best_threshold(y, p)
+        out.update(wf1_at_best_threshold=M.weighted_f1(y, (p >= t).astype(int)),
+                   roc_auc=M.roc_auc(y, p), threshold=float(t))
+    return out
 
 
 def train_one(cfg: dict[str, Any], data: Any, groups: np.ndarray, train_group: int,
@@ -141,8 +151,8 @@ def analyse(table: dict, k: int, draws: int, seed: int) -> dict[str, dict[str, f
     (``table``: :func:`_score_table`)."""
     from leukemia import metrics as M
 
-    out: dict[str, dict[str, list[float]]] = {s: {"test_auc": [], "test_wf1": []}
-                                              for s in SIGNALS}
+    out: dict[str, dict[str, list[float]]] = {
+        s: {"test_auc": [], "test_wf1": [], "constant": []} for s in SIGNALS}
     for train_g, sel_g, test_g, cands in _simulated_searches(table, k, draws, seed):
         for signal in SIGNALS:
             scored = [(table[(c, train_g, e, sel_g)][signal], c, e) for c, e in cands
@@ -151,9 +161,10 @@ def analyse(table: dict, k: int, draws: int, seed: int) -> dict[str, dict[str, f
                 continue
             _, c, e = max(scored, key=lambda t: (t[0], -t[2]))
             sel, test = table[(c, train_g, e, sel_g)], table[(c, train_g, e, test_g)]
+            out[signal]["constant"].append(float(test["constant"]))
             if test["roc_auc"] is not None:
                 out[signal]["test_auc"].append(test["roc_auc"])
-            t = sel["threshold"] if signal != "wf1_at_0.5" else 0.5
+            t = sel["threshold"] if signal not in ("wf1_at_0.5", "objective") else 0.5
             out[signal]["test_wf1"].append(
                 M.weighted_f1(test["y"], (test["p"] >= t).astype(int)))
     return {s: {m: float(np.mean(v)) if v else float("nan") for m, v in d.items()}
@@ -164,7 +175,7 @@ EPOCH_RULES = ("peak epoch of any trial", "last epoch (full budget)")
 
 
 def analyse_epochs(table: dict, k: int, draws: int, seed: int) -> dict[str, dict[str, float]]:
-    """The search's signal (wF1 at 0.5), two ways to pick the trial the final trains: the
+    """The search's signal (``objective``), two ways to pick the trial the final trains: the
     (configuration, epoch) with the highest selection score at any epoch (the final then trains
     that many epochs), or the configuration with the highest score at the last epoch (the
     final trains them all; ``search.results.best_trial``). Scored on the test patients at the
@@ -176,7 +187,7 @@ def analyse_epochs(table: dict, k: int, draws: int, seed: int) -> dict[str, dict
         r: {"test_auc": [], "test_wf1": [], "test_wf1_threshold": []} for r in EPOCH_RULES}
     last = max(key[2] for key in table)
     for train_g, sel_g, test_g, cands in _simulated_searches(table, k, draws, seed):
-        signal = {(c, e): table[(c, train_g, e, sel_g)]["wf1_at_0.5"] for c, e in cands}
+        signal = {(c, e): table[(c, train_g, e, sel_g)]["objective"] for c, e in cands}
         if not signal:
             continue
         peak = max(signal, key=lambda ce: (signal[ce], -ce[1], -ce[0]))
@@ -245,11 +256,15 @@ def main() -> None:
     print(f"\n{len(pool)} configurations x {len(set(groups.tolist()))} training groups, "
           f"{args.epochs} epochs, {args.image_size} px; simulated searches of {args.k} trials "
           f"({time.monotonic() - t0:.0f} s)")
-    print(f"{'selection signal':<24} {'test ROC AUC':>12} {'test wF1':>9}")
+    constant = sorted({key[0] for key, s in table.items() if s["constant"]
+                       and key[2] == args.epochs})
+    print(f"configurations constant at the last epoch on some group: {constant} of "
+          f"{[(i, c['backbone']) for i, c in enumerate(pool)]}")
+    print(f"{'selection signal':<24} {'test ROC AUC':>12} {'test wF1':>9} {'picks constant':>15}")
     for s, m in res.items():
-        print(f"{s:<24} {m['test_auc']:>12.4f} {m['test_wf1']:>9.4f}")
+        print(f"{s:<24} {m['test_auc']:>12.4f} {m['test_wf1']:>9.4f} {m['constant']:>15.3f}")
     rules = analyse_epochs(table, args.k, draws, args.seed)
-    print(f"\n{'which trial (signal wF1 at 0.5)':<32} {'test ROC AUC':>12} {'test wF1':>9} "
+    print(f"\n{'which trial (signal objective)':<32} {'test ROC AUC':>12} {'test wF1':>9} "
           f"{'test wF1 at the selection threshold':>36}")
     for r, m in rules.items():
         print(f"{r:<32} {m['test_auc']:>12.4f} {m['test_wf1']:>9.4f} "

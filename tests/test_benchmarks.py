@@ -23,7 +23,7 @@ HEADLINES = {
     "asha.py": r"^score_gap: -?\d+(\.\d+)?$",
     "utilization.py": r"^utilization: \d+(\.\d+)?$",
     "gpu_packing.py": r"^(ratio: \d+(\.\d+)?|skipped: no NVIDIA GPU.*)$",
-    "selection.py": r"^best: (wf1_at_0\.5|wf1_at_best_threshold|roc_auc)$",
+    "selection.py": r"^best: (objective|wf1_at_0\.5|wf1_at_best_threshold|roc_auc)$",
     "scratch.py": r"^ratio: \d+(\.\d+)?$",
     "store_memory.py": r"^ratio: \d+(\.\d+)?$",
 }
