@@ -58,6 +58,16 @@ def test_cv_folds_regroups_very_unequal_official_folds():
     assert cv_folds(pids, labels, folds).tolist() == groups.tolist()  # deterministic
 
 
+def test_cv_folds_is_deterministic_whatever_the_cell_order():
+    spec = {"H1": (0, 20), "H2": (0, 15), "H3": (0, 6), "1": (1, 30), "2": (1, 25), "3": (1, 12)}
+    pids, labels = _cells(spec)
+    first = cv_folds(pids, labels, np.zeros(len(pids), np.int8))
+    order = np.random.default_rng(0).permutation(len(pids))
+    again = cv_folds(pids[order], labels[order], np.zeros(len(pids), np.int8))
+
+    assert dict(zip(pids, first)) == dict(zip(pids[order], again))
+
+
 def test_training_folds_follow_the_same_rule():
     usable = {"0": {"n": 80}, "1": {"n": 77}, "2": {"n": 43}}
     unequal = {"0": {"n": 80}, "1": {"n": 3576}, "2": {"n": 43}}

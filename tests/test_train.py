@@ -14,7 +14,7 @@ import pytest
 from leukemia import metrics as M
 from leukemia.cli import main
 from leukemia.config import TrainConfig
-from leukemia.folds import PatientLeakError, check_disjoint, cv_folds, load_split
+from leukemia.folds import PatientLeakError, check_disjoint, load_split
 from leukemia.models import load_model
 from leukemia.store import Selection, Store, ingest
 from leukemia.train import fit, learning_rate, predict_proba, save_model
@@ -238,51 +238,6 @@ def test_fit_ema_exports_the_averaged_weights_it_scored(split):
 
 # ---------------------------------------------------------------------------------------------
 # cross-validation folds
-
-
-def _cells(sizes: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Patient ids and labels: ``sizes`` cells per patient; ids starting with H are normal."""
-    pids = np.asarray([p for p, n in sizes.items() for _ in range(n)])
-    labels = np.asarray([0 if p.startswith("H") else 1 for p in pids], np.int8)
-    return pids, labels
-
-
-SIZES = {"1": 30, "2": 25, "3": 20, "4": 12, "5": 8, "6": 5, "H1": 20, "H2": 15, "H3": 6}
-
-
-def test_cv_folds_deals_a_one_fold_store_into_three_patient_groups():
-    pids, labels = _cells(SIZES)
-    groups = cv_folds(pids, labels, np.ones(len(pids), np.int8))
-    assert sorted(set(groups.tolist())) == [0, 1, 2]
-    for p in SIZES:  # never splits a patient
-        assert len(set(groups[pids == p].tolist())) == 1, p
-    normal = {int(groups[pids == p][0]) for p in ("H1", "H2", "H3")}
-    assert normal == {0, 1, 2}  # one normal patient per group
-    cells = [int((groups == g).sum()) for g in range(3)]
-    assert max(cells) - min(cells) <= max(SIZES.values()), cells  # balanced by cells
-
-
-def test_cv_folds_is_deterministic_whatever_the_cell_order():
-    pids, labels = _cells(SIZES)
-    first = cv_folds(pids, labels, np.zeros(len(pids), np.int8))
-    order = np.random.default_rng(0).permutation(len(pids))
-    again = cv_folds(pids[order], labels[order], np.zeros(len(pids), np.int8))
-    assert {p: g for p, g in zip(pids, first)} == {p: g for p, g in zip(pids[order], again)}
-
-
-def test_cv_folds_keeps_two_or_more_official_folds():
-    pids, labels = _cells(SIZES)
-    folds = np.asarray([1 if i % 2 else 3 for i in range(len(pids))], np.int8)
-    np.testing.assert_array_equal(cv_folds(pids, labels, folds), folds)
-
-
-def test_cv_folds_regroups_very_unequal_official_folds():
-    pids, labels = _cells(SIZES)  # 141 cells: official folds of 136 and 5 cells
-    folds = np.where(pids == "6", 2, 1).astype(np.int8)
-    groups = cv_folds(pids, labels, folds)
-    assert sorted(set(groups.tolist())) == [0, 1, 2]
-    for p in SIZES:
-        assert len(set(groups[pids == p].tolist())) == 1, p
 
 
 def test_load_split_cross_validates_a_one_fold_store_over_patient_groups(make_tree, tmp_path):
