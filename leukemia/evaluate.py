@@ -366,17 +366,11 @@ def patient_scores(patient_ids: np.ndarray, labels: np.ndarray, called: np.ndarr
                    ) -> dict[str, Any]:
     """The per-patient call scored against the patients' labels: a patient is called ALL when
     at least :data:`PATIENT_CALL_SHARE` of its cells are ``called`` ALL (0/1 per cell)."""
-    calls: dict[str, list[int]] = {}
-    truth: dict[str, int] = {}
-    for pid, c, y in zip(np.asarray(patient_ids).tolist(), np.asarray(called).tolist(),
-                         np.asarray(labels).tolist()):
-        calls.setdefault(str(pid), []).append(int(c))
-        truth[str(pid)] = int(y)  # one label per patient
-    ids = sorted(calls)
-    call = np.array([np.mean(calls[i]) >= PATIENT_CALL_SHARE for i in ids], dtype=int)
-    label = np.array([truth[i] for i in ids], dtype=int)
-    return {"patients": len(ids), "all_patients": int(label.sum()),
-            "accuracy": float(np.mean(call == label)) if ids else None,
+    cells = _per_patient(np.asarray(patient_ids).tolist(), called, labels).values()
+    call = np.array([c[:, 0].mean() >= PATIENT_CALL_SHARE for c in cells], dtype=int)
+    label = np.array([c[0, 1] for c in cells], dtype=int)  # one label per patient
+    return {"patients": len(call), "all_patients": int(label.sum()),
+            "accuracy": float(np.mean(call == label)) if len(call) else None,
             "sensitivity": float(call[label == 1].mean()) if (label == 1).any() else None,
             "specificity": float(1 - call[label == 0].mean()) if (label == 0).any() else None,
             "call_share": PATIENT_CALL_SHARE}
@@ -480,16 +474,21 @@ def patient_summary(paths: Sequence[Path], p_all: np.ndarray | Sequence[float],
     """Per patient (see :func:`patient_of`): cells, mean P(ALL), share of its cells called ALL
     (``called``: 0/1 per cell) and the per-patient call, ALL where that share is
     >= :data:`PATIENT_CALL_SHARE`. Images without a patient are left out."""
-    by: dict[str, list[tuple[float, int]]] = {}
-    for path, p, c in zip(paths, p_all, called):
-        patient = patient_of(path, per_folder=per_folder)
-        if patient is not None:
-            by.setdefault(patient, []).append((float(p), int(c)))
+    ids = [patient_of(path, per_folder=per_folder) for path in paths]
     rows = []
-    for patient, cells in sorted(by.items()):
-        p, c = np.asarray(cells).T
-        share = float(c.mean())
-        rows.append({"patient_id": patient, "cells": len(cells), "mean_p_all": float(p.mean()),
-                     "share_all": share,
+    for patient, cells in _per_patient(ids, p_all, called).items():
+        share = float(cells[:, 1].mean())
+        rows.append({"patient_id": patient, "cells": len(cells),
+                     "mean_p_all": float(cells[:, 0].mean()), "share_all": share,
                      "call": "ALL" if share >= PATIENT_CALL_SHARE else "normal"})
     return rows
+
+
+def _per_patient(patient_ids: Sequence[Any], *columns: Any) -> dict[str, np.ndarray]:
+    """Each patient's cells as rows of ``columns`` (cells x columns, float), patients sorted by
+    id; cells whose id is None are left out. The one grouping behind every per-patient call."""
+    by: dict[str, list[list[float]]] = {}
+    for pid, *values in zip(patient_ids, *columns):
+        if pid is not None:
+            by.setdefault(str(pid), []).append([float(v) for v in values])
+    return {pid: np.asarray(rows, dtype=np.float64) for pid, rows in sorted(by.items())}

@@ -111,9 +111,7 @@ def hold(phase: str, out: Path) -> None:
     _holds_done.add(phase)
     marker = out / f".hold-{phase}"
     marker.write_text(f"{os.getpid()}\n")
-    print(f"{HOLD_ENV}={phase}: holding until {marker} is deleted", file=sys.stderr, flush=True)
-    while marker.exists():
-        time.sleep(0.1)
+    _wait(phase, marker)
 
 
 def hold_trial(epoch: int) -> None:
@@ -134,7 +132,12 @@ def hold_trial(epoch: int) -> None:
         return  # another trial holds (or held): this one goes on
     os.write(fd, f"{os.getpid()}\n".encode())
     os.close(fd)
-    print(f"{HOLD_ENV}=trial: holding until {marker} is deleted", file=sys.stderr, flush=True)
+    _wait("trial", marker)
+
+
+def _wait(phase: str, marker: Path) -> None:
+    """Block until ``marker`` is deleted (by the test or the user that set the hold)."""
+    print(f"{HOLD_ENV}={phase}: holding until {marker} is deleted", file=sys.stderr, flush=True)
     while marker.exists():
         time.sleep(0.1)
 
