@@ -61,21 +61,20 @@ class StoreError(ValueError):
 
 
 def _decode_task(args: tuple[str, int, str, int | None]
-                 ) -> tuple[str | None, bytes, int, int, str, str]:
+                 ) -> tuple[str | None, bytes, int, int, str, str, tuple[str, ...]]:
     path, size, crop, window = args
     try:
         raw = Path(path).read_bytes()
         sha = hashlib.sha256(raw).hexdigest()
         frame = read_frame(path, raw)
         img = frame.rgb
-        for note in frame.notes:
-            log.warning("%s: %s", path, note)
         # duplicates are judged by decoded pixels: one cell re-saved has other file bytes
         pixels_sha = hashlib.sha256(np.ascontiguousarray(img).tobytes()).hexdigest()
         pixels = preprocess_frame(img, size, crop, window)
-        return None, pixels.tobytes(), img.shape[0], img.shape[1], sha, pixels_sha
+        return (None, pixels.tobytes(), img.shape[0], img.shape[1], sha, pixels_sha,
+                tuple(f"{path}: {note}" for note in frame.notes))
     except (OSError, ValueError) as e:
-        return f"{path}: {e}", b"", 0, 0, "", ""
+        return f"{path}: {e}", b"", 0, 0, "", "", ()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,7 +268,8 @@ def ingest(data_dir: str | Path, store: str, *, size: int = DEFAULT_SIZE,
     keep = [(r, res) for r, res in zip(records, results) if res[0] is None]
     records = [r for r, _ in keep]
     duplicates, warnings = _duplicates(records, [res[5] for _, res in keep])
-    for msg in warnings:
+    conversions = [note for _, res in keep for note in res[6]]  # grayscale, 16-bit
+    for msg in conversions + warnings:
         log.warning(msg)
 
     def manifest_for(checksum: str, data_file: str) -> dict[str, Any]:
@@ -286,6 +286,7 @@ def ingest(data_dir: str | Path, store: str, *, size: int = DEFAULT_SIZE,
             "skipped_bad_files": bad,
             "duplicates": duplicates,
             "duplicate_warnings": warnings,
+            "conversions": conversions,
             "notes": scanned.notes,
             "data_file": data_file,
             "content_checksum": checksum,
@@ -333,7 +334,7 @@ def _write_images(fs: pafs.FileSystem, file_path: str, keep: list, size: int,
             pq.ParquetWriter(sink, schema, compression="zstd", compression_level=1) as writer:
         for start in range(0, len(keep), ROW_GROUP):
             cols: dict[str, list] = {k: [] for k in schema.names}
-            for r, (_, pixels, h, w, sha, _pixels_sha) in keep[start:start + ROW_GROUP]:
+            for r, (_, pixels, h, w, sha, *_) in keep[start:start + ROW_GROUP]:
                 for k in _META:
                     cols[k].append(getattr(r, k))
                 cols["height"].append(size)
@@ -655,7 +656,7 @@ def describe(manifest: dict[str, Any]) -> str:
                      f"{manifest['missing_validation']}")
     for group in manifest.get("duplicates") or []:
         lines.append(f"  same pixels saved twice: {', '.join(group)}")
-    for key in ("skipped_bad_files", "duplicate_warnings", "notes"):
+    for key in ("skipped_bad_files", "duplicate_warnings", "conversions", "notes"):
         for item in manifest.get(key) or []:
             lines.append(f"  {key.replace('_', ' ')}: {item}")
     return "\n".join(lines)

@@ -279,8 +279,13 @@ def test_ingest_and_predict_give_grayscale_and_16bit_images_the_same_pixels(
     variants = _variants(tree)
     with caplog.at_level(logging.WARNING, logger="leukemia.store"):
         ingest(tree, str(tmp_path / "store"), size=SIZE, crop="cell", workers=1, progress=False)
+    conversions = Store(tmp_path / "store").manifest["conversions"]
     for kind, path in variants.items():
-        assert f"{path}: {'16-bit' if kind.endswith('16') else 'grayscale'}" in caplog.text
+        said = f"{path}: {'16-bit' if kind.endswith('16') else 'grayscale'}"
+        assert said in caplog.text
+        # and kept where a user of the store looks later (`leukemia describe`)
+        assert any(note.startswith(said) for note in conversions), (kind, conversions)
+    assert len(conversions) == 4  # gray16 carries both notes; the untouched cells none
     sel = Store(tmp_path / "store").load("training")
     ids = list(sel.image_ids)
     stored = np.stack([sel.images[ids.index(p.relative_to(tree).with_suffix("").as_posix())]
