@@ -1,26 +1,11 @@
 """Join and leave Ray clusters: connect a driver, wait for a launcher's workers, start a worker.
 
-    python -m search.connect --wait-for-workers   # on a `ray up` head: wait until every worker
-                                                  # the config names has joined, or fail naming
-                                                  # the node whose setup failed
-    python -m search.connect --start-worker HEAD:6379   # on a worker: `ray start`, and stop
-                                                        # what Ray leaves once the head is gone
+    python -m search.connect --wait-for-workers        # on a `ray up` head: wait for workers
+    python -m search.connect --start-worker HEAD:6379  # on a worker: `ray start`, and a reaper
 
-:func:`connect` is how ``search/run.py`` starts Ray (``--address``): with no address it starts a
-local Ray; with one it first checks, in well under a second, that a cluster answers there and
-accepts this client's token, because ``ray.init`` itself retries for 20 s and then reports only
-"Failed to connect" in both cases. Ray's token authentication (2.60: on for a local
-``ray.init``, and for ``ray start`` where a token exists) needs ``RAY_AUTH_MODE=token`` and the
-cluster's token in ``$RAY_AUTH_TOKEN``, the file ``$RAY_AUTH_TOKEN_PATH`` or
-``~/.ray/auth_token``; the launcher configs (``cluster.yaml``, ``cluster-onprem.yaml``) set both
-up on every node.
-
-``ray down`` of a ``provider: local`` cluster runs ``ray stop`` on the head only. A worker's
-raylet exits 60 s after it loses the head's GCS, but its log monitor stays for good; so a worker
-started with ``--start-worker`` gets a small reaper that ends its Ray session's processes once
-the head refuses connections or the session's raylet is gone. It touches no other session, so
-a restart (``ray stop; ray start``) never races it. All of this is Linux-only (``/proc``), like
-the launcher's on-prem nodes.
+:func:`connect` is how ``search/run.py`` starts Ray. Ray's token auth needs ``RAY_AUTH_MODE=token``
+and the cluster's token in ``$RAY_AUTH_TOKEN``, ``$RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``;
+the launcher configs set both up on every node. Linux only (``/proc``).
 """
 
 from __future__ import annotations
@@ -36,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +28,10 @@ TOKEN_FILE = "~/.ray/auth_token"
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # the launcher writes it on the head
 MONITOR_LOG = "/tmp/ray/session_latest/logs/monitor.out"  # the head's worker setup output
 AUTOSCALER_LOG = "/tmp/ray/session_latest/logs/monitor.log"  # its decisions
-# a local ray.init gives its raylet 30 s to register (fixed in Ray 2.60); on a loaded machine
-# that can pass, so the start is tried again
+# a local ray.init gives its raylet a fixed 30 s to register, which a loaded machine can pass
 LOCAL_START_TRIES = 3
-# How the autoscaler (v1) logs a node whose setup or start failed. The status it publishes lists
-# such a node only until it relaunches it; a `provider: local` node is relaunched under the
-# same IP at once, so `failed_nodes` stays empty there.
+# The autoscaler's line for a node whose setup failed; its status lists such a node only until
+# it relaunches it, which for `provider: local` is at once, so `failed_nodes` stays empty there.
 LAUNCH_FAILED = re.compile(r"Terminating the node with id \S+ and ip (\S+)\. \(launch failed\)")
 
 
@@ -58,16 +40,14 @@ class ClusterConnectionError(ValueError):
 
 
 def connect(address: str | None, **init_kwargs: Any) -> None:
-    """Start a local Ray (``address`` None or ``"local"``) or join the cluster at ``address``.
-
-    Args:
-        address: ``None``/``"local"`` (a new local Ray), ``"auto"`` (the cluster ``ray start``
-            started on this machine) or ``host:port`` of a cluster's head.
-        **init_kwargs: passed on to ``ray.init``.
+    """Start a local Ray (``address`` None or ``"local"``) or join the cluster at ``address``
+    (``"auto"``: the one ``ray start`` started on this machine, or a head's ``host:port``);
+    ``init_kwargs`` go to ``ray.init``. A cluster is first checked, in well under a second, to
+    answer and accept this client's token: ``ray.init`` retries for 20 s, then says only "Failed
+    to connect" either way.
 
     Raises:
-        ClusterConnectionError: no cluster answers at ``address``, or it requires a token
-            this client does not have; one line naming the cause and the fix.
+        ClusterConnectionError: no cluster answers at ``address``, or it refuses this client.
     """
     import ray
 
@@ -91,31 +71,18 @@ def connect(address: str | None, **init_kwargs: Any) -> None:
 
 
 def _children() -> set[int]:
-    """This process's child processes (Linux ``/proc``; empty elsewhere)."""
-    me, kids = os.getpid(), set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == me:
-                kids.add(int(stat.parent.name))
-    return kids
+    """This process's child processes."""
+    return {pid for pid, (ppid, _start, _cmd) in _processes().items() if ppid == os.getpid()}
 
 
 def check_cluster(address: str) -> str:
-    """Check that a Ray cluster answers at ``address`` and accepts this client's token.
-
-    Args:
-        address: ``"auto"`` or ``host:port``.
-
-    Returns:
-        The cluster's ``host:port``.
+    """Return the ``host:port`` of the Ray cluster at ``address`` (``"auto"`` or ``host:port``).
 
     Raises:
-        ClusterConnectionError: with the cause and the fix.
+        ClusterConnectionError: none answers there or it refuses this client; says the fix.
     """
     from ray._private import services  # what ray.init uses to resolve "auto"
-    from ray._private.authentication.authentication_token_setup import (
-        maybe_enable_token_auth_if_token_available,
-    )
+    from ray._private.authentication import authentication_token_setup as token_setup
     from ray._raylet import GcsClient  # type: ignore[attr-defined]
     from ray.exceptions import AuthenticationError
 
@@ -139,60 +106,47 @@ def check_cluster(address: str) -> str:
             f"({e.strerror or type(e).__name__}); check that it is up (`ray exec CONFIG "
             f"'ray status'`) and that this machine may reach port {port} of {host}") from None
     if address == "auto":  # ray.init turns token auth on when it finds a token with "auto"
-        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-    mode = os.environ.get("RAY_AUTH_MODE", "")
-    source = token_source()
+        token_setup.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    mode, source = os.environ.get("RAY_AUTH_MODE", ""), token_source()
     if mode.lower() == "token" and source is None:
         raise ClusterConnectionError(
             f"--address {address}: RAY_AUTH_MODE=token but this machine has no token "
             f"($RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or {TOKEN_FILE}); copy the cluster's token "
             f"to {TOKEN_FILE} (`ray get-auth-token` prints it where the cluster was made)")
-    try:
-        with _stderr_held(drop_on=AuthenticationError):  # the core's retry lines bury the
-            GcsClient(address=resolved)                   # reason given below
-    except AuthenticationError:
-        if mode.lower() != "token":
-            raise ClusterConnectionError(
-                f"--address {address}: the Ray cluster at {resolved} requires token "
-                f"authentication and RAY_AUTH_MODE is {mode or 'unset'} here; "
-                f"export RAY_AUTH_MODE=token, with the cluster's token in {TOKEN_FILE}") from None
+    rejected = False
+    with tempfile.TemporaryFile() as held:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(held.fileno(), 2)  # the core's retry lines would bury the reason given below
+        try:
+            GcsClient(address=resolved)
+        except AuthenticationError:
+            rejected = True
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if not rejected:
+                held.seek(0)
+                os.write(2, held.read())
+    if rejected and mode.lower() != "token":
+        raise ClusterConnectionError(
+            f"--address {address}: the Ray cluster at {resolved} requires token "
+            f"authentication and RAY_AUTH_MODE is {mode or 'unset'} here; "
+            f"export RAY_AUTH_MODE=token, with the cluster's token in {TOKEN_FILE}")
+    if rejected:
         raise ClusterConnectionError(
             f"--address {address}: the Ray cluster at {resolved} rejected the token in "
             f"{source}; use the cluster's token (`ray up` copies the {TOKEN_FILE} of the "
-            "machine that ran it to every node; `ray get-auth-token` prints it)") from None
+            "machine that ran it to every node; `ray get-auth-token` prints it)")
     return resolved
-
-
-@contextlib.contextmanager
-def _stderr_held(drop_on: type[BaseException]) -> Iterator[None]:
-    """Hold back what C++ code writes to stderr meanwhile: dropped if ``drop_on`` is raised
-    (the caller explains it in one line), written out otherwise."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    held = tempfile.TemporaryFile()
-    os.dup2(held.fileno(), 2)
-    drop = False
-    try:
-        yield
-    except drop_on:
-        drop = True
-        raise
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        if not drop:
-            held.seek(0)
-            os.write(2, held.read())
-        held.close()
 
 
 def token_source() -> str | None:
     """Where Ray reads this client's token from (its order of precedence), or None."""
     if os.environ.get("RAY_AUTH_TOKEN"):
         return "$RAY_AUTH_TOKEN"
-    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
-        return os.environ["RAY_AUTH_TOKEN_PATH"]
-    return TOKEN_FILE if Path(TOKEN_FILE).expanduser().is_file() else None
+    return os.environ.get("RAY_AUTH_TOKEN_PATH") or (
+        TOKEN_FILE if Path(TOKEN_FILE).expanduser().is_file() else None)
 
 
 def expected_workers(config: dict[str, Any]) -> int:
@@ -204,36 +158,28 @@ def wait_for_workers(config_path: str = BOOTSTRAP_CONFIG, timeout: float = 1800,
                      poll: float = 5) -> int:
     """On a launcher cluster's head: wait until every worker its config starts has joined.
 
-    The launcher's ``ray up`` returns once the head is up; the head's autoscaler then sets up
-    the workers. Run from ``head_start_ray_commands``, this makes ``ray up`` return when the
-    whole cluster is there, or fail with the node whose setup failed.
-
-    Args:
-        config_path: the config the launcher put on the head.
-        timeout: seconds to wait at most.
-        poll: seconds between looks at the autoscaler's status.
-
-    Returns:
-        The number of workers that joined.
+    Run from ``head_start_ray_commands``, this makes ``ray up`` (which returns once the head is
+    up) return once the whole cluster is. ``config_path`` is the config the launcher put on the
+    head; the autoscaler's status is read every ``poll`` s. Returns the number that joined.
 
     Raises:
-        ClusterConnectionError: a worker's setup failed, or not all joined within ``timeout``.
+        ClusterConnectionError: a worker's setup failed, or not all joined within ``timeout`` s.
     """
     import yaml
     from ray._raylet import GcsClient  # type: ignore[attr-defined]
 
-    config = yaml.safe_load(Path(config_path).expanduser().read_text())
-    want = expected_workers(config)
+    want = expected_workers(yaml.safe_load(Path(config_path).expanduser().read_text()))
     if want == 0:
         print("no workers to wait for (they start when trials need them)", flush=True)
         return 0
     gcs = GcsClient(address=check_cluster("auto"))
-    t0 = time.monotonic()
-    shown = -30.0
+    t0, shown = time.monotonic(), -30.0
     while True:
-        raw = gcs.internal_kv_get(b"__autoscaling_status", namespace=None)  # what `ray status`
-        report = (json.loads(raw) if raw else {}).get("autoscaler_report") or {}  # reads
-        failed = [ip for ip, _type in report.get("failed_nodes") or []] + _launch_failures()
+        raw = gcs.internal_kv_get(b"__autoscaling_status", namespace=None)  # as `ray status`
+        report = (json.loads(raw) if raw else {}).get("autoscaler_report") or {}
+        failed = [ip for ip, _type in report.get("failed_nodes") or []]
+        with contextlib.suppress(OSError):
+            failed += LAUNCH_FAILED.findall(Path(AUTOSCALER_LOG).read_text(errors="replace"))
         if failed:
             print(_setup_output(), file=sys.stderr)
             raise ClusterConnectionError(
@@ -257,33 +203,19 @@ def wait_for_workers(config_path: str = BOOTSTRAP_CONFIG, timeout: float = 1800,
         time.sleep(poll)
 
 
-def _launch_failures() -> list[str]:
-    """IPs of nodes whose setup failed, from this session's autoscaler log."""
-    try:
-        return LAUNCH_FAILED.findall(Path(AUTOSCALER_LOG).read_text(errors="replace"))
-    except OSError:
-        return []
-
-
 def _setup_output(lines: int = 40) -> str:
     """The end of the head's worker-setup log, without the launcher's ssh command lines."""
     try:
         text = Path(MONITOR_LOG).read_text(errors="replace").splitlines()
     except OSError as e:
         return f"({MONITOR_LOG} unreadable: {e})"
-    kept = [ln for ln in text if "VVINFO" not in ln and "VINFO" not in ln]
-    return "\n".join(kept[-lines:])
+    return "\n".join([ln for ln in text if "VINFO" not in ln][-lines:])  # VINFO and VVINFO
 
 
 def start_worker(head: str) -> int:
-    """``ray start --address=HEAD`` on this node, then a detached reaper for its session.
-
-    Args:
-        head: the head's ``host:port``.
-
-    Returns:
-        ``ray start``'s exit status.
-    """
+    """``ray start --address=HEAD`` on this node, then a detached reaper for its session;
+    returns ``ray start``'s exit status. (``ray down`` of a ``provider: local`` cluster stops Ray
+    on the head only, and a worker's log monitor outlives its raylet.)"""
     from ray._common.utils import get_default_ray_temp_dir
 
     r = subprocess.run([str(Path(sys.executable).with_name("ray")), "start",
@@ -299,20 +231,11 @@ def start_worker(head: str) -> int:
 
 
 def reap(session: str, head: str, poll: float = 2, refusals: int = 3) -> None:
-    """End this node's Ray session once it has lost its head.
-
-    The session's processes (its raylet, the raylet's children and any process naming the
-    session folder) are stopped, SIGTERM then SIGKILL 5 s later, when the raylet has exited or
-    when the head refused connections to its GCS port ``refusals`` looks in a row (``ray down``
-    stopped it; a timeout, as a network fault gives, does not count).
-
-    Args:
-        session: this node's Ray session folder (``/tmp/ray/session_...``).
-        head: the head's GCS ``host:port``.
-        poll: seconds between looks.
-        refusals: refused connections in a row that mean the head is gone.
-    """
-    raylet, members = _session(session)
+    """End this node's Ray session (folder ``session``) once it has lost its head: once its
+    raylet has exited, or the head's GCS (``head``, ``host:port``) refused ``refusals`` looks in a
+    row, ``poll`` s apart (a timeout, as a network fault gives, does not count). The raylet, its
+    children and any process naming the session folder get SIGTERM, then SIGKILL 5 s later."""
+    raylet, members = _session(session, _processes())
     if raylet is None:
         return
     refused = 0
@@ -323,22 +246,23 @@ def reap(session: str, head: str, poll: float = 2, refusals: int = 3) -> None:
             break  # the raylet exited (or its PID now belongs to another process)
         members.update(_session(session, procs)[1])  # workers started since
         refused = refused + 1 if _refused(head) else 0
+
+    def alive() -> list[int]:  # a PID with another start time is another process now
+        return [pid for pid, (_ppid, start, _cmd) in _processes().items()
+                if members.get(pid) == start]
+
     for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
-        alive = [pid for pid, (_ppid, start, _cmd) in _processes().items()
-                 if members.get(pid) == start]
-        for pid in alive:
+        for pid in alive():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(
-                members.get(pid) == start for pid, (_p, start, _c) in _processes().items()):
+        while time.monotonic() < deadline and alive():
             time.sleep(0.2)
 
 
-def _session(session: str, procs: dict[int, tuple[int, int, str]] | None = None
+def _session(session: str, procs: dict[int, tuple[int, int, str]]
              ) -> tuple[int | None, dict[int, int]]:
     """The session's raylet PID and ``{pid: start time}`` of its processes."""
-    procs = _processes() if procs is None else procs
     raylet = next((pid for pid, (_ppid, _start, cmd) in procs.items()
                    if session in cmd and cmd.split(" ", 1)[0].endswith("/raylet")), None)
     members = {pid: start for pid, (ppid, start, cmd) in procs.items()
@@ -347,31 +271,27 @@ def _session(session: str, procs: dict[int, tuple[int, int, str]] | None = None
 
 
 def _refused(address: str) -> bool:
+    """Whether ``address`` refuses a TCP connection (a timeout is no refusal)."""
     host, _, port = address.rpartition(":")
     try:
         socket.create_connection((host, int(port)), timeout=3).close()
-    except ConnectionRefusedError:
-        return True
-    except OSError:
-        return False
+    except OSError as e:
+        return isinstance(e, ConnectionRefusedError)
     return False
 
 
 def _processes() -> dict[int, tuple[int, int, str]]:
-    """``{pid: (parent pid, start time, command line)}`` of this user's processes (Linux
-    ``/proc``), this one left out."""
+    """``{pid: (parent pid, start time, command line)}`` of this user's other processes."""
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
-        try:
-            if entry.stat().st_uid != os.getuid():
-                continue
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # it exited meanwhile
-            continue
-        found[int(entry.name)] = (int(stat[1]), int(stat[19]), cmd.strip())
+        with contextlib.suppress(OSError):  # it exited meanwhile
+            if entry.stat().st_uid == os.getuid():
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                found[int(entry.name)] = (int(stat[1]), int(stat[19]),
+                                          cmd.decode(errors="replace").strip())
     return found
 
 
