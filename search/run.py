@@ -40,6 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout
 
+from leukemia.imaging import CROPS  # noqa: E402  (after the path line above)
 from search.results import (  # noqa: E402
     METRIC,
     MODE,
@@ -51,7 +52,7 @@ from search.results import (  # noqa: E402
     selected_epoch,
     selected_score,
 )
-from search.settings import SearchSettings  # noqa: E402  (after the path line above)
+from search.settings import SearchSettings  # noqa: E402
 
 log = logging.getLogger("search")
 
@@ -164,13 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--data", help="C-NMC_Leukemia folder (ingested once into a cached store)")
     g.add_argument("--store", help="an image store (path or s3:// / gs:// URI)")
-    g.add_argument("--crop", choices=["window", "cell", "none"], default=d.crop,
-                   help="--data only: how ingest crops each cell (window: a --window px "
-                   "square of the frame centred on the cell, keeping its size; see "
-                   "`leukemia ingest --help`)")
-    g.add_argument("--window", type=int, default=None,
-                   help="--data only: side of the window crop in px of the original frame "
-                   f"(default: {d.window})")
+    g.add_argument("--crop", choices=list(CROPS), default=d.crop,
+                   help="--data only: how ingest crops each cell (window: a --window px square "
+                   "of the frame centred on the cell, keeping its size; see `leukemia ingest "
+                   "--help`)")
+    g.add_argument("--window", type=int, help="--data only: side of the window crop in px of "
+                   f"the original frame (default: {d.window})")
     g.add_argument("--out", help="folder for everything the run writes (default runs/<time>)")
     g = p.add_argument_group("search")
     g.add_argument("--trials", type=int, help=f"trials to run (default: {FULL_DEFAULTS['trials']}"
@@ -197,10 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=d.seed,
                    help="seeds the sampler, the trials and the final trainings")
     g.add_argument("--final", choices=["cv", "all-folds"], default="cv",
-                   help="cv: the best configuration trained once per held-out "
-                   "training fold, exported as one ensemble, its threshold chosen on the "
-                   "out-of-fold predictions; all-folds: one model trained on all folds "
-                   "(threshold 0.5)")
+                   help="cv: the best configuration trained once per held-out training fold, "
+                   "exported as one ensemble, its threshold chosen on the out-of-fold "
+                   "predictions; all-folds: one model trained on all folds (threshold 0.5)")
     g.add_argument("--final-seeds", type=int, default=1,
                    help="train every final member with N seeds (N x folds members)")
     g.add_argument("--no-final", action="store_true", help="skip the final training")
@@ -225,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cpus-per-trial", type=int, default=d.cpus_per_trial,
                    help="CPU threads of each CPU-only trial")
     g.add_argument("--cpu-only", action="store_true", help="ignore GPUs")
-    g.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=None,
+    g.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction,
                    help="float16 compute on GPUs (default: on when GPUs are used)")
     g = p.add_argument_group("run")
     g.add_argument("--resume", action="store_true", help="continue the search in --out after a "
