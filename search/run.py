@@ -8,26 +8,19 @@
 Each trial trains one sampled configuration on all training folds but ``--val-fold`` and
 reports the held-out fold's weighted F1 every epoch; ASHA stops weak trials early, and a trial
 that calls every held-out cell one class without ranking them (``constant``) is stopped at
-ASHA's first rung. The final step (``search/final.py``) takes the best trial that ran the whole
-epoch budget (the best epoch of any trial only when none did) and trains its configuration, for
-the epochs it was judged at, once per held-out training fold (``--final cv``, the default;
-``--final-seeds`` members per fold) as Ray tasks on the free trial slots. The members'
-out-of-fold predictions (every training cell scored by a model that never saw its patient) give
-the cross-validated estimate and the out-of-fold threshold. The members
-are exported as one ensemble, ``best/model.keras``, with test-time augmentation, the crop and
-the decision rule inside (``--decision-rule``: 0.5 by default; ``oof`` or the transductive
-``prior`` by flag), and scored once on ``validation_data``. ``--final all-folds`` trains one
-model on all folds instead (threshold 0.5). Everything lands under ``--out``: ``trials.csv``,
-``study.db`` (Optuna), ``best/``, ``report.html``, ``summary.json``. When every trial was
-constant nothing is exported (a warning; exit 0, as when every trial failed); when the final
-models' out-of-fold predictions are constant the export is refused (an error, exit 1, after the
-summary and report are written).
+ASHA's first rung. The final step (``search/final.py``) trains the best trial's configuration
+once per held-out training fold (``--final cv``) or once on all folds (``--final all-folds``),
+exports the members as one ensemble, ``best/model.keras``, with test-time augmentation, the
+crop and the decision rule inside, and scores it once on ``validation_data``. Everything lands
+under ``--out``: ``trials.csv``, ``study.db`` (Optuna), ``best/``, ``report.html``,
+``summary.json``. When every trial was constant nothing is exported (a warning; exit 0, as when
+every trial failed); when the final models' out-of-fold predictions are constant the export is
+refused (an error, exit 1, after the summary and report are written).
 
-``--resume`` continues a search killed at any point (while ingesting, during the trials or the
-final members, while writing the report or uploading), also after this code was upgraded: the
+``--resume`` continues a search killed at any point, also after this code was upgraded: the
 searcher, scheduler and live view are rebuilt from the command, never unpickled. One search
 runs per ``--out`` (``search.lock``); a full ``--out`` filesystem stops the run with an error
-that keeps what was written whole (``search/faults.py``, tested in ``tests/test_faults.py``).
+that keeps what was written whole (``search/faults.py``).
 """
 
 from __future__ import annotations
@@ -47,6 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout
 
+from leukemia.imaging import CROPS  # noqa: E402  (after the path line above)
 from search.results import (  # noqa: E402
     METRIC,
     MODE,
@@ -58,7 +52,7 @@ from search.results import (  # noqa: E402
     selected_epoch,
     selected_score,
 )
-from search.settings import SearchSettings  # noqa: E402  (after the path line above)
+from search.settings import SearchSettings  # noqa: E402
 
 log = logging.getLogger("search")
 
@@ -66,14 +60,16 @@ DEMO_PRESET = {"trials": 20, "max_epochs": 10, "image_size": 64, "grace_period":
                "backbones": "small_cnn,unet,mobilenet_v3_small"}
 FULL_DEFAULTS = {"trials": 64, "max_epochs": SearchSettings.max_epochs,
                  "image_size": SearchSettings.image_size, "grace_period": 2, "backbones": None}
+STUDY = "cnmc-search"  # the Optuna study's name in --out/study.db
 
 
-# ---------------------------------------------------------------------------------------------
-# Data
+def _study_db(out: Path) -> str:
+    return f"sqlite:///{out / 'study.db'}"
 
 
 def resolve_store(args: argparse.Namespace) -> str:
     """The store URI to search on: ``--store``, or ``--data`` / the demo data ingested once."""
+    from leukemia.imaging import check_crop
     from leukemia.store import Store, StoreError, ingest
     from search.cache import cache_root
 
@@ -94,14 +90,13 @@ def resolve_store(args: argparse.Namespace) -> str:
         else:
             print(f"no --data or --store given: searching the built-in SYNTHETIC demo data in "
                   f"{data} (not real cells)", file=sys.stderr)
-    from leukemia.imaging import check_crop
-
     crop, window = check_crop(args.crop, args.window)
     key = hashlib.sha256(str(data).encode()).hexdigest()[:10]
     mode = f"window{window}" if crop == "window" else crop  # another crop is another store
     store = str(cache_root() / "stores" / f"{data.name}-{key}-{args.image_size}px-{mode}")
     try:
-        if Store(store).image_size == args.image_size and Store(store).crop == (crop, window):
+        cached = Store(store)
+        if cached.image_size == args.image_size and cached.crop == (crop, window):
             print(f"using the image store {store} (delete it to re-ingest)", file=sys.stderr)
             return store
     except StoreError:
@@ -112,22 +107,17 @@ def resolve_store(args: argparse.Namespace) -> str:
     return store
 
 
-# ---------------------------------------------------------------------------------------------
-# Results
-
-
 def settle_study(out: Path, trials: list[Trial]) -> None:
     """Mark FAIL the study's trials that Tune never ran or forgot, so none stays RUNNING.
 
-    Tune saves its trials and the searcher's state together every few seconds; a driver killed
-    between two snapshots can leave an Optuna trial asked for a Tune trial that the restored
-    experiment does not know (it is replaced by a new one). Left RUNNING it would count as
-    pending for TPE's constant liar on every later suggestion.
+    A driver killed between two of Tune's snapshots can leave an Optuna trial asked for a Tune
+    trial the restored experiment does not know; left RUNNING, TPE's constant liar would count
+    it as pending on every later suggestion.
     """
     import optuna
     from optuna.trial import TrialState
 
-    study = optuna.load_study(study_name="cnmc-search", storage=f"sqlite:///{out / 'study.db'}")
+    study = optuna.load_study(study_name=STUDY, storage=_study_db(out))
     ran = {t.trial_id for t in trials}
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         rid = t.user_attrs.get("ray_trial_id")
@@ -156,10 +146,6 @@ def node_summary(trials: list[Trial]) -> dict[str, dict[str, int]]:
                    "store_reads": sum(n["reads"].values())} for node, n in nodes.items()}
 
 
-# ---------------------------------------------------------------------------------------------
-# Main
-
-
 class _Help(argparse.RawDescriptionHelpFormatter):
     """Each flag's default shown from where it is defined; the epilog kept as written."""
 
@@ -179,13 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--data", help="C-NMC_Leukemia folder (ingested once into a cached store)")
     g.add_argument("--store", help="an image store (path or s3:// / gs:// URI)")
-    g.add_argument("--crop", choices=["window", "cell", "none"], default=d.crop,
-                   help="--data only: how ingest crops each cell (window: a --window px "
-                   "square of the frame centred on the cell, keeping its size; see "
-                   "`leukemia ingest --help`)")
-    g.add_argument("--window", type=int, default=None,
-                   help="--data only: side of the window crop in px of the original frame "
-                   f"(default: {d.window})")
+    g.add_argument("--crop", choices=list(CROPS), default=d.crop,
+                   help="--data only: how ingest crops each cell (window: a --window px square "
+                   "of the frame centred on the cell, keeping its size; see `leukemia ingest "
+                   "--help`)")
+    g.add_argument("--window", type=int, help="--data only: side of the window crop in px of "
+                   f"the original frame (default: {d.window})")
     g.add_argument("--out", help="folder for everything the run writes (default runs/<time>)")
     g = p.add_argument_group("search")
     g.add_argument("--trials", type=int, help=f"trials to run (default: {FULL_DEFAULTS['trials']}"
@@ -212,10 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=d.seed,
                    help="seeds the sampler, the trials and the final trainings")
     g.add_argument("--final", choices=["cv", "all-folds"], default="cv",
-                   help="cv: the best configuration trained once per held-out "
-                   "training fold, exported as one ensemble, its threshold chosen on the "
-                   "out-of-fold predictions; all-folds: one model trained on all folds "
-                   "(threshold 0.5)")
+                   help="cv: the best configuration trained once per held-out training fold, "
+                   "exported as one ensemble, its threshold chosen on the out-of-fold "
+                   "predictions; all-folds: one model trained on all folds (threshold 0.5)")
     g.add_argument("--final-seeds", type=int, default=1,
                    help="train every final member with N seeds (N x folds members)")
     g.add_argument("--no-final", action="store_true", help="skip the final training")
@@ -240,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cpus-per-trial", type=int, default=d.cpus_per_trial,
                    help="CPU threads of each CPU-only trial")
     g.add_argument("--cpu-only", action="store_true", help="ignore GPUs")
-    g.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=None,
+    g.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction,
                    help="float16 compute on GPUs (default: on when GPUs are used)")
     g = p.add_argument_group("run")
     g.add_argument("--resume", action="store_true", help="continue the search in --out after a "
@@ -257,19 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def apply_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """Fill unset flags: the demo preset without --data/--store, the full defaults otherwise."""
-    demo = not (args.data or args.store)
-    preset = DEMO_PRESET if demo else FULL_DEFAULTS
-    chosen = args.backbones is not None  # the user's list is respected, with a warning
-    for key, value in preset.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-            if key == "grace_period":  # a default never exceeds the budget
-                args.grace_period = min(value, args.max_epochs)
+    from leukemia.models import backbone_spec
     from search.space import DEFAULT_BACKBONES, scratch_constant, scratch_note
 
+    chosen = args.backbones is not None  # the user's list is respected, with a warning
+    for key, value in (FULL_DEFAULTS if args.data or args.store else DEMO_PRESET).items():
+        if getattr(args, key) is None:  # a default grace period never exceeds the budget
+            setattr(args, key, min(value, args.max_epochs) if key == "grace_period" else value)
     if not chosen:
-        from leukemia.models import backbone_spec
-
         base = args.backbones.split(",") if args.backbones else list(DEFAULT_BACKBONES)
         fits = [b for b in base if args.image_size >= backbone_spec(b).min_size
                 and args.image_size % backbone_spec(b).multiple_of == 0]
@@ -287,10 +266,8 @@ def apply_defaults(args: argparse.Namespace) -> argparse.Namespace:
     if chosen and dead:
         print(f"warning: --backbones: {scratch_note(dead)}; expect their trials to be stopped "
               "as constant at the first rung", file=sys.stderr)
-    if args.out and args.out.startswith("file://"):
-        args.out = args.out[len("file://"):]
-    if args.out is None:
-        args.out = str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    args.out = (str(Path("runs") / time.strftime("%Y%m%d-%H%M%S")) if args.out is None
+                else args.out.removeprefix("file://"))
     return args
 
 
@@ -331,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        where = args.out if args.out else "--out"
+        where = args.out or "--out"
         print(f"error: no space left on the filesystem holding {where} ({e}). What was "
               f"written before is whole (files are replaced atomically). Free space there "
               f"(df -h {where}) and rerun the same command with --resume: finished trials and "
@@ -346,27 +323,24 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     import ray
 
     from search.faults import HOLD_DIR_ENV, hold
+    from search.report import write_trials_csv
+    from search.trainable import ConstantModelError
 
     paths = resolve_paths(args, argv)
+    out: Path = paths["out"]
     t0 = time.monotonic()
-    os.environ[HOLD_DIR_ENV] = str(paths["out"])  # a local Ray's workers inherit it (hold_trial)
-    hold("store", paths["out"])
+    os.environ[HOLD_DIR_ENV] = str(out)  # a local Ray's workers inherit it (hold_trial)
+    hold("store", out)
     store = resolve_store(args)
     start_ray(args)
     settings, per_trial, slots = plan(args, store, remote=paths["remote"])
     tuner = build_tuner(args, settings, per_trial, slots, paths)
     t_fit = time.monotonic()
     results = tuner.fit()
-    tune_seconds = time.monotonic() - t_fit
-    search_seconds = time.monotonic() - t0
+    tune_seconds, search_seconds = time.monotonic() - t_fit, time.monotonic() - t0
     trials = collect_trials(results, args.max_epochs)
-    settle_study(paths["out"], trials)
-    from search import report
-
-    out: Path = paths["out"]
-    report.write_trials_csv(out / "trials.csv", trials)
-    from search.trainable import ConstantModelError
-
+    settle_study(out, trials)
+    write_trials_csv(out / "trials.csv", trials)
     refused = None
     try:
         final = run_final_step(args, settings, trials, out, per_trial)
@@ -380,7 +354,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     ray.shutdown()
     if paths["remote"]:
         _upload(out, args.out)
-    _print_summary(summary, out if not paths["remote"] else args.out)
+    _print_summary(summary, args.out if paths["remote"] else out)
     if refused:
         print(f"error: {refused}", file=sys.stderr)
         return 1
@@ -427,27 +401,25 @@ def resolve_paths(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
 
 
 def start_ray(args: argparse.Namespace) -> None:
-    """Join the cluster at ``--address``, or start a new local Ray."""
-
+    """Join the cluster at ``--address``, or start a new local Ray (never one another
+    ``ray start`` left on this machine)."""
     if not args.verbose:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # "local": always a new local Ray, never one that another `ray start` left on this machine
     from search.connect import connect  # a cluster that is absent or refuses the token: one line
 
     # With reused workers, Ray gives a stopped trial's training thread 2 s to end before the
     # worker takes the next trial, which otherwise fails ("reset_config() ..."; Ray #29268).
-    env = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S",
-                                                            "60")}
-    os.environ.update(env)
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
+    env = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"]}
+    local = not args.address
     connect(args.address or "local", runtime_env={"env_vars": env},
-            num_cpus=None if args.address else args.num_cpus,
-            num_gpus=None if args.address else args.num_gpus, include_dashboard=False,
-            log_to_driver=args.verbose, configure_logging=True,
+            num_cpus=args.num_cpus if local else None, num_gpus=args.num_gpus if local else None,
+            include_dashboard=False, log_to_driver=args.verbose, configure_logging=True,
             logging_level=logging.INFO if args.verbose else logging.ERROR)
 
 
 def plan(args: argparse.Namespace, store: str, *, remote: bool
-         ) -> tuple[Any, dict[str, float], int]:
+         ) -> tuple[SearchSettings, dict[str, float], int]:
     """The search's fixed settings, each trial's resources, and how many trials run at once."""
     import ray
 
@@ -478,14 +450,11 @@ def plan(args: argparse.Namespace, store: str, *, remote: bool
     return settings, per_trial, slots
 
 
-def build_tuner(args: argparse.Namespace, settings: Any, per_trial: dict[str, float],
+def build_tuner(args: argparse.Namespace, settings: SearchSettings, per_trial: dict[str, float],
                 slots: int, paths: dict[str, Any]) -> Any:
-    """A new Tuner (Optuna TPE searcher told the truth about ASHA stops), or the restored one.
-
-    Either way the searcher, the scheduler and the live view are built here from the command
-    and attached for this run, never unpickled from the experiment (``search/faults.py``): a
-    resume works across an upgrade of this code. A restored searcher takes back its state.
-    """
+    """A new Tuner, or the restored one, with the searcher (Optuna TPE told the truth about ASHA
+    stops), scheduler and live view built from the command, never unpickled (a resume works
+    across an upgrade of this code; ``search/faults.py``)."""
     import optuna
     from ray import tune
 
@@ -495,7 +464,6 @@ def build_tuner(args: argparse.Namespace, settings: Any, per_trial: dict[str, fl
     from search.space import define_space
     from search.trainable import CONSTANT, train_trial
 
-    out: Path = paths["out"]
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, settings=settings),
         {k.lower(): v for k, v in per_trial.items()})
@@ -504,8 +472,7 @@ def build_tuner(args: argparse.Namespace, settings: Any, per_trial: dict[str, fl
     searcher = FidelityAwareOptunaSearch(
         space=space, metric=METRIC, mode=MODE, max_t=args.max_epochs,
         sampler=optuna.samplers.TPESampler(seed=args.seed, n_startup_trials=args.startup_trials),
-        storage=optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}"),
-        study_name="cnmc-search")
+        storage=optuna.storages.RDBStorage(_study_db(paths["out"])), study_name=STUDY)
     scheduler = ConstantAwareASHA(
         ConstantStopper(args.grace_period, flag=CONSTANT), time_attr="training_iteration",
         max_t=args.max_epochs, grace_period=args.grace_period,
@@ -523,11 +490,12 @@ def build_tuner(args: argparse.Namespace, settings: Any, per_trial: dict[str, fl
         callbacks=[LiveView(METRIC, args.max_epochs, args.trials, score=SCORE)])
 
 
-def run_final_step(args: argparse.Namespace, settings: Any, trials: list[Trial],
+def run_final_step(args: argparse.Namespace, settings: SearchSettings, trials: list[Trial],
                    out: Path, per_trial: dict[str, float]) -> FinalResult | None:
     """Train and export the best configuration's final model(s) (``search/final.py``)."""
     from leukemia.store import Store
-    from search import final as final_mod
+    from search.faults import hold
+    from search.final import run_final
 
     best = best_trial(trials)
     if best is None:
@@ -540,42 +508,38 @@ def run_final_step(args: argparse.Namespace, settings: Any, trials: list[Trial],
         return None
     if args.no_final:
         return None
-    from search.faults import hold
-
     hold("final", out)
-    return final_mod.run_final(best, settings, out, mode=args.final, seeds=args.final_seeds,
-                               resources=per_trial, manifest=Store(settings.store).manifest)
+    return run_final(best, settings, out, mode=args.final, seeds=args.final_seeds,
+                     resources=per_trial, manifest=Store(settings.store).manifest)
 
 
 def write_summary(args: argparse.Namespace, trials: list[Trial],
                   final: FinalResult | None, slots: int, out: Path, *,
                   search_seconds: float, tune_seconds: float, total_seconds: float,
                   refused: str | None = None) -> dict[str, Any]:
-    """``summary.json``: the headline numbers of the run (``refused``: why nothing was
-    exported although the final ran)."""
+    """``summary.json``: the run's headline numbers (``refused``: why nothing was exported
+    although the final ran)."""
     from leukemia.files import atomic_write
 
     best = best_trial(trials)
-    counts = {s: sum(t.status == s for t in trials)
-              for s in ("completed", "pruned", "constant", "failed")}
-    trial_epochs = sum(t.epochs_run for t in trials)
+    f = final or FinalResult()  # every field None
     summary = {"search_seconds": round(search_seconds, 1), "tune_seconds": round(tune_seconds, 1),
                "concurrent_trials": slots, "total_seconds": round(total_seconds, 1),
-               "trial_counts": counts, "trial_epochs": trial_epochs,
+               "trial_counts": {s: sum(t.status == s for t in trials)
+                                for s in ("completed", "pruned", "constant", "failed")},
+               "trial_epochs": sum(t.epochs_run for t in trials),
                "trial_epochs_full_budget": len(trials) * args.max_epochs,
                "best_trial": best.trial_id if best else None,
                "best_val_fold_weighted_f1": selected_score(best) if best else None,
                "best_epoch": selected_epoch(best) if best else None,
-               "threshold": final.threshold if final else None,
-               "validation": final.metrics_at_threshold if final else None,
-               "validation_at_0.5": final.metrics if final else None,
-               "cv": final.cv if final else None,
+               "threshold": f.threshold, "validation": f.metrics_at_threshold,
+               "validation_at_0.5": f.metrics, "cv": f.cv,
                "export_refused": refused, "nodes": node_summary(trials)}
     atomic_write(out / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
-def write_report(args: argparse.Namespace, settings: Any, trials: list[Trial],
+def write_report(args: argparse.Namespace, settings: SearchSettings, trials: list[Trial],
                  final: FinalResult | None, summary: dict[str, Any], slots: int,
                  per_trial: dict[str, float], out: Path) -> None:
     """``report.html``: one self-contained page of the whole run."""
@@ -584,7 +548,6 @@ def write_report(args: argparse.Namespace, settings: Any, trials: list[Trial],
     from leukemia.store import Store, crop_text
     from search import report
 
-    study = optuna.load_study(study_name="cnmc-search", storage=f"sqlite:///{out / 'study.db'}")
     manifest = Store(settings.store).manifest
     shown = {"trials": args.trials, "max_epochs (ASHA max_t)": args.max_epochs,
              "grace_period": args.grace_period, "reduction_factor": args.reduction_factor,
@@ -599,7 +562,8 @@ def write_report(args: argparse.Namespace, settings: Any, trials: list[Trial],
                  f"{summary['trial_epochs']} / {summary['trial_epochs_full_budget']}"}
     overview = {"counts": {k: manifest.get(k) for k in ("splits", "folds", "patients")},
                 "samples": (final.samples if final else None) or {}}
-    report.write_report(out / "report.html", trials=trials, study=study, final=final,
+    report.write_report(out / "report.html", trials=trials, final=final,
+                        study=optuna.load_study(study_name=STUDY, storage=_study_db(out)),
                         command=(out / "command.txt").read_text().strip(), settings=shown,
                         max_t=args.max_epochs, overview=overview)
 
@@ -612,7 +576,7 @@ def _upload(local: Path, uri: str) -> None:
 
     fs, root = pafs.FileSystem.from_uri(uri)
     for i, item in enumerate(sorted(local.iterdir())):
-        if item.name == "tune" or item.name == LOCK or item.name.startswith("."):
+        if item.name in ("tune", LOCK) or item.name.startswith("."):
             continue
         if i:
             hold("upload", local)  # after the first item: killed half-way through the upload
@@ -633,23 +597,22 @@ def _print_summary(summary: dict[str, Any], out: Path | str) -> None:
     if summary["best_trial"]:
         print(f"best trial {summary['best_trial']}: held-out fold weighted F1 "
               f"{summary['best_val_fold_weighted_f1']:.4f} at epoch {summary['best_epoch']}")
-    cv = summary["cv"]
-    if cv:
-        ci = cv["weighted_f1_ci95"]
-        ci_text = f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
+    if cv := summary["cv"]:
         print(f"cross-validated (out-of-fold, {cv['n']} cells, {cv['n_patients']} patients, "
               f"threshold {summary['threshold']:.3f}): weighted F1 {cv['weighted_f1']:.4f}"
-              f"{ci_text}, sensitivity {_fmt(cv['sensitivity'])}, specificity "
+              f"{_ci(cv)}, sensitivity {_fmt(cv['sensitivity'])}, specificity "
               f"{_fmt(cv['specificity'])}, roc auc {_fmt(cv['roc_auc'])}")
-    v = summary["validation"]
-    if v:
-        ci = v["weighted_f1_ci95"]
-        ci_text = f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
+    if v := summary["validation"]:
         rest = ", ".join(f"{k.replace('_', ' ')} {_fmt(v[k])}" for k in (
             "accuracy", "balanced_accuracy", "sensitivity", "specificity", "roc_auc"))
         print(f"validation_data ({v['n']} images, {v['n_patients']} patients): weighted F1 "
-              f"{v['weighted_f1']:.4f}{ci_text}, {rest}")
+              f"{v['weighted_f1']:.4f}{_ci(v)}, {rest}")
     print(f"wrote trials.csv, study.db, best/, report.html to {out}")
+
+
+def _ci(m: dict[str, Any]) -> str:
+    ci = m["weighted_f1_ci95"]
+    return f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
 
 
 def _fmt(v: Any) -> str:
