@@ -73,16 +73,13 @@ def score(model: Any, sel: Selection, *, seed: int = 0, threshold: float | None 
 def evaluate_model(model_path: str | Path, store: Store | str, *, split: str = VALIDATION,
                    folds: Sequence[int] | None = None, out: str | Path | None = None,
                    threshold: float | None = None, rule: str | None = None) -> dict[str, Any]:
-    """Evaluate a ``.keras`` model under its stored decision rule (and at 0.5); write the
-    metrics as JSON (default: ``metrics-<split>.json`` beside the model, so training's
-    ``metrics.json`` is kept).
-
-    Args:
-        threshold, rule: override the stored rule (see :func:`model_rule`).
+    """Evaluate a ``.keras`` model under its stored decision rule (``threshold`` and ``rule``
+    override it, see :func:`model_rule`) and at 0.5; write the metrics as JSON (default:
+    ``metrics-<split>.json`` beside the model, so training's ``metrics.json`` is kept).
 
     Returns:
-        The metrics (keys of :func:`leukemia.metrics.binary_metrics` at the decision's cut,
-        plus ``rule``, ``decided_by`` and ``at_0.5``).
+        The metrics: :func:`score`'s, plus ``at_0.5``, ``transductive``
+        (:func:`transductive_scores`), the split, the store and both crops.
 
     Raises:
         FileNotFoundError, ValueError: the model file is missing or unreadable (named), or an
@@ -194,11 +191,9 @@ def predict_files(model: str | Path | Any, inputs: Sequence[str | Path], *,
                   crop: str | None = None, batch_size: int = 64,
                   ) -> Iterator[tuple[Path, float]]:
     """Yield ``(path, P(ALL))`` for image files or folders, prepared as the model's training
-    images were (the crop stored in the model, unless ``crop`` overrides it). A frame with no
-    cell on it (:func:`leukemia.imaging.no_cell_reason`) gets NaN.
-
-    Args:
-        model: a ``.keras`` path or a loaded model.
+    images were (the crop stored in the model, unless ``crop`` overrides it) by ``model``, a
+    ``.keras`` path or a loaded model. A frame with no cell on it
+    (:func:`leukemia.imaging.no_cell_reason`) gets NaN.
 
     Raises:
         FileNotFoundError: the model or an input is missing.

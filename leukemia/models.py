@@ -349,10 +349,9 @@ def export_model(members: list[Any], *, crop: str, window: int | None, threshold
                       members=len(members), info=info, rule=rule, name=SPEC_LAYER)(inputs)
     if tta:
         x = L["DihedralStack"](name="tta_views")(x)
-    outs = []
     for i, m in enumerate(members):
         m.name = f"member_{i}"  # nested models need distinct names in one graph
-        outs.append(m(x))
+    outs = [m(x) for m in members]
     p = outs[0] if len(outs) == 1 else layers.Average(name="ensemble_mean")(outs)
     if tta:
         p = L["GroupMean"](name="tta_mean")(p)
