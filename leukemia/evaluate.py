@@ -9,7 +9,6 @@ everything scored together: the selection for ``evaluate``, all inputs of one ``
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -53,24 +52,17 @@ def model_rule(model: Any, name: str | None = None, threshold: float | None = No
 
     spec = model_spec(model)
     rule = Rule.from_dict({"threshold": spec["threshold"], **spec["rule"]})
-    if name is None and threshold is not None:
-        name = "threshold"
-    changes: dict[str, Any] = {}
-    if name is not None:
-        changes["name"] = name
     if threshold is not None:
-        changes["threshold"] = float(threshold)
-    return dataclasses.replace(rule, **changes) if changes else rule
+        return dataclasses.replace(rule, name="threshold" if name is None else name,
+                                   threshold=float(threshold))
+    return rule if name is None else dataclasses.replace(rule, name=name)
 
 
 def score(model: Any, sel: Selection, *, seed: int = 0, threshold: float | None = None,
           rule: str | None = None) -> tuple[dict[str, Any], np.ndarray]:
-    """C-NMC metrics of ``model`` on ``sel`` and its probabilities.
-
-    Classes are decided over the whole selection by the model's rule (see :func:`model_rule`
-    for ``rule`` and ``threshold``), and the metrics are computed at the decision's cut, with
-    ``rule`` (the Rule as a dict) and ``decided_by`` (what decided, in words) added.
-    """
+    """C-NMC metrics of ``model`` on ``sel`` and its probabilities, at the cut of the model's
+    rule (:func:`model_rule`) decided over the whole selection; with ``rule`` (the Rule as a
+    dict) and ``decided_by`` (what decided, in words) added."""
     r = model_rule(model, rule, threshold)
     p = predict_proba(model, sel.images)
     decision = decide(p, r)
@@ -81,16 +73,13 @@ def score(model: Any, sel: Selection, *, seed: int = 0, threshold: float | None 
 def evaluate_model(model_path: str | Path, store: Store | str, *, split: str = VALIDATION,
                    folds: Sequence[int] | None = None, out: str | Path | None = None,
                    threshold: float | None = None, rule: str | None = None) -> dict[str, Any]:
-    """Evaluate a ``.keras`` model under its stored decision rule (and at 0.5); write the
-    metrics as JSON (default: ``metrics-<split>.json`` beside the model, so training's
-    ``metrics.json`` is kept).
-
-    Args:
-        threshold, rule: override the stored rule (see :func:`model_rule`).
+    """Evaluate a ``.keras`` model under its stored decision rule (``threshold`` and ``rule``
+    override it, see :func:`model_rule`) and at 0.5; write the metrics as JSON (default:
+    ``metrics-<split>.json`` beside the model, so training's ``metrics.json`` is kept).
 
     Returns:
-        The metrics (keys of :func:`leukemia.metrics.binary_metrics` at the decision's cut,
-        plus ``rule``, ``decided_by`` and ``at_0.5``).
+        The metrics: :func:`score`'s, plus ``at_0.5``, ``transductive``
+        (:func:`transductive_scores`), the split, the store and both crops.
 
     Raises:
         FileNotFoundError, ValueError: the model file is missing or unreadable (named), or an
@@ -101,16 +90,15 @@ def evaluate_model(model_path: str | Path, store: Store | str, *, split: str = V
     model = load_model(str(model_path))
     store = store if isinstance(store, Store) else Store(store)
     spec = model_spec(model)
-    crop = store.crop
+    crop, model_crop = list(store.crop), [spec["crop"], spec["window"]]
     sel = store.load(split, folds)
     metrics, p = score(model, sel, threshold=threshold, rule=rule)
-    at_half = M.binary_metrics(sel.labels, p, sel.patient_ids, threshold=0.5)
-    metrics = {**metrics, "at_0.5": at_half,
-               "transductive": transductive_scores(model, sel, p, model_rule(model, rule,
-                                                                             threshold)),
-               "split": split, "store": store.uri,
-               "store_crop": list(crop), "model_crop": [spec["crop"], spec["window"]]}
-    if list(crop) != [spec["crop"], spec["window"]] and spec["info"]:
+    metrics.update({"at_0.5": M.binary_metrics(sel.labels, p, sel.patient_ids, threshold=0.5),
+                    "transductive": transductive_scores(model, sel, p,
+                                                        model_rule(model, rule, threshold)),
+                    "split": split, "store": store.uri, "store_crop": crop,
+                    "model_crop": model_crop})
+    if crop != model_crop and spec["info"]:
         log.warning("%s was trained on %s crops but %s holds %s crops: the scores are not those "
                     "of the model's own preprocessing", model_path, spec["crop"], store.uri,
                     crop[0])
@@ -136,11 +124,10 @@ def image_files(inputs: Sequence[str | Path]) -> list[Path]:
     for item in map(Path, inputs):
         if item.is_dir():
             found = sorted(p for p in item.rglob("*") if p.is_file())
-            images = [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES]
-            if len(images) < len(found):
-                other = [p for p in found if p.suffix.lower() not in IMAGE_SUFFIXES]
+            other = [p for p in found if p.suffix.lower() not in IMAGE_SUFFIXES]
+            if other:
                 log.info("%s: ignoring %d non-image file(s), e.g. %s", item, len(other), other[0])
-            files += images
+            files += [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES]
         elif item.is_file():
             files.append(item)
         else:
@@ -163,11 +150,11 @@ class _Chunk:
     """What reading a chunk of files gave: the cells' pixels and what was not scored."""
 
     files: list[Path]  # every file of the chunk, in input order
-    paths: list[Path]  # the cells, in input order
-    pixels: np.ndarray  # (len(paths), size, size, 3) uint8
-    unreadable: list[Unscored]
-    no_cell: list[Unscored]
-    notes: dict[Path, tuple[str, ...]]  # conversions (grayscale, 16-bit) of the cells
+    paths: list[Path] = field(default_factory=list)  # the cells, in input order
+    pixels: list[np.ndarray] = field(default_factory=list)  # (size, size, 3) uint8 per cell
+    unreadable: list[Unscored] = field(default_factory=list)
+    no_cell: list[Unscored] = field(default_factory=list)
+    notes: dict[Path, tuple[str, ...]] = field(default_factory=dict)  # conversions, per cell
 
 
 def _prepared(model: Any, files: list[Path], crop: str | None, batch_size: int
@@ -182,9 +169,7 @@ def _prepared(model: Any, files: list[Path], crop: str | None, batch_size: int
         mode, window = crop, None  # None: the default window
     size = int(model.input_shape[1])
     for start in range(0, len(files), batch_size):
-        chunk = _Chunk(files[start:start + batch_size], [],
-                       np.zeros((0, size, size, 3), np.uint8), [], [], {})
-        batch = []
+        chunk = _Chunk(files[start:start + batch_size])
         for f in chunk.files:
             try:
                 frame = read_frame(str(f))
@@ -196,11 +181,9 @@ def _prepared(model: Any, files: list[Path], crop: str | None, batch_size: int
                 chunk.no_cell.append(Unscored(f, reason))
                 continue
             chunk.paths.append(f)
-            batch.append(preprocess_frame(frame.rgb, size, mode, window))
+            chunk.pixels.append(preprocess_frame(frame.rgb, size, mode, window))
             if frame.notes:
                 chunk.notes[f] = frame.notes
-        if batch:
-            chunk.pixels = np.stack(batch)
         yield chunk
 
 
@@ -208,11 +191,9 @@ def predict_files(model: str | Path | Any, inputs: Sequence[str | Path], *,
                   crop: str | None = None, batch_size: int = 64,
                   ) -> Iterator[tuple[Path, float]]:
     """Yield ``(path, P(ALL))`` for image files or folders, prepared as the model's training
-    images were (the crop stored in the model, unless ``crop`` overrides it). A frame with no
-    cell on it (:func:`leukemia.imaging.no_cell_reason`) gets NaN.
-
-    Args:
-        model: a ``.keras`` path or a loaded model.
+    images were (the crop stored in the model, unless ``crop`` overrides it) by ``model``, a
+    ``.keras`` path or a loaded model. A frame with no cell on it
+    (:func:`leukemia.imaging.no_cell_reason`) gets NaN.
 
     Raises:
         FileNotFoundError: the model or an input is missing.
@@ -228,15 +209,14 @@ def predict_files(model: str | Path | Any, inputs: Sequence[str | Path], *,
             raise ValueError(f"{bad.path}: {bad.reason}")
         p: dict[Path, float] = {}
         if chunk.paths:
-            p = dict(zip(chunk.paths, map(float, predict_proba(model, chunk.pixels))))
+            p = dict(zip(chunk.paths, map(float, predict_proba(model, np.stack(chunk.pixels)))))
         for f in chunk.files:  # each one scored or with no cell: the unreadable raised
             yield f, p.get(f, float("nan"))
 
 
 @dataclass(frozen=True)
 class BatchPrediction:
-    """The cells of one ``predict`` command, scored and decided together, and the inputs that
-    were not scored."""
+    """One ``predict`` command's cells, scored and decided together, and its inputs not scored."""
 
     files: list[Path]  # every input image, in order
     paths: list[Path]  # the cells scored, in input order
@@ -255,9 +235,8 @@ def predict_batch(model: Any, inputs: Sequence[str | Path], rule: Rule, *,
                   crop: str | None = None, neighbours: int = 0, batch_size: int = 64,
                   adapt_bn: bool = False) -> BatchPrediction:
     """Score every readable cell of ``inputs`` and decide their classes together under
-    ``rule``; files that cannot be read and frames with no cell on them
-    (:func:`leukemia.imaging.no_cell_reason`) are set aside with the reason, and take no part in
-    the decision, the neighbour correction or the patients' calls.
+    ``rule``; unreadable files and frames with no cell on them are set aside with the reason,
+    and take no part in the decision, the neighbour correction or the patients' calls.
 
     Args:
         model: a loaded model.
@@ -277,87 +256,83 @@ def predict_batch(model: Any, inputs: Sequence[str | Path], rule: Rule, *,
     if neighbours:
         _check_neighbours(len(files), neighbours)
         nets = _feature_nets(model)
-    size = int(model.input_shape[1])
-    paths: list[Path] = []
-    probs, feats = [], []
-    unreadable: list[Unscored] = []
-    no_cell: list[Unscored] = []
-    notes: dict[Path, tuple[str, ...]] = {}
-    pixels = []
-    for chunk in _prepared(model, files, crop, batch_size):
-        unreadable += chunk.unreadable
-        no_cell += chunk.no_cell
-        notes.update(chunk.notes)
-        if not chunk.paths:
-            continue
-        paths += chunk.paths
-        if adapt_bn:  # statistics of all the cells first, then the scores
-            pixels.append(chunk.pixels)
-            continue
-        probs.append(predict_proba(model, chunk.pixels))
+    probs: list[np.ndarray] = []
+    feats: list[np.ndarray] = []
+
+    def run(cells: np.ndarray) -> None:
+        probs.append(predict_proba(model, cells))
         if nets:
-            feats.append(_features(nets, chunk.pixels, size, batch_size))
+            feats.append(_features(nets, cells, batch_size))
+
+    got = _Chunk(files)  # all the chunks together; pixels kept only for --adapt-bn
+    for chunk in _prepared(model, files, crop, batch_size):
+        got.paths += chunk.paths
+        got.unreadable += chunk.unreadable
+        got.no_cell += chunk.no_cell
+        got.notes.update(chunk.notes)
+        if chunk.pixels and adapt_bn:  # statistics of all the cells first, then the scores
+            got.pixels += chunk.pixels
+        elif chunk.pixels:
+            run(np.stack(chunk.pixels))
     adapted, adapt_note = 0, ""
-    if adapt_bn and pixels:
-        cells = np.concatenate(pixels)
+    if got.pixels:
+        cells = np.stack(got.pixels)
         if len(cells) < MIN_CELLS:
             adapt_note = (f"--adapt-bn: {len(cells)} cells, fewer than {MIN_CELLS}: scored with "
                           f"the model's own BatchNorm statistics")
-            cells_ctx: Any = contextlib.nullcontext(0)
+            run(cells)
         else:
-            cells_ctx = adapted_batchnorm(model, cells, batch_size)
-        with cells_ctx as adapted:
-            probs.append(predict_proba(model, cells))
-            if nets:
-                feats.append(_features(nets, cells, size, batch_size))
-        if adapted == 0 and not adapt_note:
-            adapt_note = "--adapt-bn: the model has no BatchNorm layer to adapt"
+            with adapted_batchnorm(model, cells, batch_size) as adapted:
+                run(cells)
+            if not adapted:
+                adapt_note = "--adapt-bn: the model has no BatchNorm layer to adapt"
     p = np.concatenate(probs).astype(float) if probs else np.zeros(0)
     corrected = None
     if neighbours:
-        if len(paths) < neighbours + 1:
+        if len(got.paths) < neighbours + 1:
             raise ValueError(f"--neighbours {neighbours}: the neighbour correction needs at "
-                             f"least K + 1 = {neighbours + 1} cells, and {len(paths)} of the "
-                             f"{len(files)} images could be scored ({len(unreadable)} "
-                             f"unreadable, {len(no_cell)} with no cell); use a smaller K")
+                             f"least K + 1 = {neighbours + 1} cells, and {len(got.paths)} of the "
+                             f"{len(files)} images could be scored ({len(got.unreadable)} "
+                             f"unreadable, {len(got.no_cell)} with no cell); use a smaller K")
         corrected = neighbour_correction(p, np.concatenate(feats), neighbours)
     decision = decide(p if corrected is None else corrected, rule)
-    return BatchPrediction(files, paths, p, corrected, decision, neighbours, unreadable,
-                           no_cell, notes, adapted, adapt_note)
+    return BatchPrediction(files, got.paths, p, corrected, decision, neighbours, got.unreadable,
+                           got.no_cell, got.notes, adapted, adapt_note)
 
 
 def transductive_scores(model: Any, sel: Selection, p: np.ndarray, rule: Rule, *,
                         k: int = NEIGHBOURS, seed: int = 0) -> dict[str, Any]:
     """The selection's scores under the variants that use the whole batch being predicted,
-    beside (never instead of) the per-cell scores ``p`` of ``model`` on ``sel``.
+    beside (never instead of) the per-cell scores ``p`` of ``model`` on ``sel``; each entry is
+    :func:`leukemia.metrics.binary_metrics` (patient counts for ``per_patient``), or
+    ``{"skipped": why}``:
 
     - ``neighbours``: :func:`neighbour_correction` with ``k`` neighbours, decided by ``rule``;
     - ``adapted_bn``: BatchNorm statistics re-estimated on the pooled cells
       (:mod:`leukemia.adapt`), decided by ``rule``; skipped below ``MIN_CELLS`` cells or
       without BatchNorm;
-    - ``per_patient``: each patient called ALL when at least :data:`PATIENT_CALL_SHARE` of its
-      cells are (per-cell decision by ``rule``), scored against the patient's label.
-
-    Each entry is the metrics dict of :func:`leukemia.metrics.binary_metrics` (patient counts
-    for ``per_patient``), or ``{"skipped": why}``.
+    - ``per_patient``: :func:`patient_scores` of the per-cell decision by ``rule``.
     """
+
+    def scored(q: np.ndarray) -> dict[str, Any]:
+        return M.binary_metrics(sel.labels, q, sel.patient_ids, seed=seed,
+                                threshold=decide(q, rule).cut)
+
+    n = len(sel)
     out: dict[str, Any] = {"note": "each variant uses the whole batch scored together "
-                           f"({len(sel)} cells): transductive; the per-cell scores stand apart"}
-    if len(sel) >= k + 1:
+                           f"({n} cells): transductive; the per-cell scores stand apart"}
+    if n >= k + 1:
         q = neighbour_correction(p, model_features(model, sel.images), k)
-        out["neighbours"] = {"k": k, **M.binary_metrics(
-            sel.labels, q, sel.patient_ids, seed=seed, threshold=decide(q, rule).cut)}
+        out["neighbours"] = {"k": k, **scored(q)}
     else:
-        out["neighbours"] = {"skipped": f"{len(sel)} cells, fewer than K + 1 = {k + 1}"}
-    if len(sel) < MIN_CELLS:
-        out["adapted_bn"] = {"skipped": f"{len(sel)} cells, fewer than {MIN_CELLS}"}
+        out["neighbours"] = {"skipped": f"{n} cells, fewer than K + 1 = {k + 1}"}
+    if n < MIN_CELLS:
+        out["adapted_bn"] = {"skipped": f"{n} cells, fewer than {MIN_CELLS}"}
     else:
         with adapted_batchnorm(model, sel.images) as adapted:
             bn = predict_proba(model, sel.images) if adapted else None
-        out["adapted_bn"] = ({"skipped": "the model has no BatchNorm layer"} if bn is None else
-                             {"layers": adapted, **M.binary_metrics(
-                                 sel.labels, bn, sel.patient_ids, seed=seed,
-                                 threshold=decide(bn, rule).cut)})
+        out["adapted_bn"] = ({"skipped": "the model has no BatchNorm layer"} if bn is None
+                             else {"layers": adapted, **scored(bn)})
     out["per_patient"] = patient_scores(sel.patient_ids, sel.labels, decide(p, rule).classes)
     return out
 
@@ -384,7 +359,7 @@ def model_features(model: Any, images: np.ndarray, batch_size: int = 64) -> np.n
     Raises:
         ValueError: the model has neither a ``pool`` layer nor members holding one.
     """
-    return _features(_feature_nets(model), images, int(model.input_shape[1]), batch_size)
+    return _features(_feature_nets(model), images, batch_size)
 
 
 def _feature_nets(model: Any) -> list[Any]:
@@ -405,12 +380,12 @@ def _feature_nets(model: Any) -> list[Any]:
     return [keras.Model(net.inputs, net.get_layer("pool").output) for net in nets]
 
 
-def _features(nets: list[Any], images: np.ndarray, size: int, batch_size: int) -> np.ndarray:
-    """The outputs of ``nets`` for ``images`` (resized to ``size``), side by side."""
+def _features(nets: list[Any], images: np.ndarray, batch_size: int) -> np.ndarray:
+    """The outputs of ``nets`` (of one input size) for ``images``, side by side."""
     from leukemia.pipeline import make_dataset
 
-    ds = make_dataset(images, np.zeros(len(images)), image_size=size, batch_size=batch_size,
-                      training=False).map(lambda x, _: x)
+    ds = make_dataset(images, np.zeros(len(images)), image_size=int(nets[0].input_shape[1]),
+                      batch_size=batch_size, training=False).map(lambda x, _: x)
     return np.concatenate([np.asarray(net.predict(ds, verbose=0), dtype=np.float64)
                            for net in nets], axis=1)
 
@@ -425,17 +400,10 @@ def _check_neighbours(n: int, k: int) -> None:
 
 def neighbour_correction(p: np.ndarray, features: np.ndarray, k: int,
                          rounds: int = NEIGHBOUR_ROUNDS) -> np.ndarray:
-    """Pan et al.'s neighbourhood correction (transductive): each cell's P(ALL) is blended
-    with the mean P(ALL) of its ``k`` nearest other cells, ``p <- (p + mean) / 2``, ``rounds``
-    times; neighbours by cosine distance between the L2-normalised ``features``.
-
-    Args:
-        p: (n,) P(ALL) of the cells.
-        features: (n, d) one feature vector per cell (:func:`model_features`).
-        k: neighbours per cell.
-
-    Returns:
-        (n,) the corrected P(ALL); ``p`` is left as it is.
+    """Pan et al.'s neighbourhood correction (transductive): each cell's P(ALL) in ``p`` (n,)
+    is blended with the mean P(ALL) of its ``k`` nearest other cells, ``p <- (p + mean) / 2``,
+    ``rounds`` times; neighbours by cosine distance between the L2-normalised ``features``
+    (n, d; :func:`model_features`). Returns the corrected (n,) P(ALL); ``p`` is left as it is.
 
     Raises:
         ValueError: ``k < 1``, fewer than ``k + 1`` cells, or ``features`` not one row per cell.

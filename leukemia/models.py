@@ -17,12 +17,11 @@ Importing this module does not import TensorFlow; building a model does.
 
 from __future__ import annotations
 
-import logging
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 BACKBONE_LAYER = "backbone"  # name of the (freezable) pretrained sub-model inside a classifier
 
@@ -65,11 +64,19 @@ def backbone_spec(name: str) -> BackboneSpec:
 
 
 # ---------------------------------------------------------------------------------------------
-# Preprocessing inside the model
+# Serialisable layers: built and registered on first use, so importing this module stays light
+
+SPEC_LAYER = "cnmc_spec"  # the exported model's metadata layer
+SYMMETRIES = 8  # the dihedral group of the square: 4 rotations x optional flip
 
 
-def _preprocess_layer() -> type:
+@functools.cache
+def _layers() -> dict[str, type]:
+    """This module's custom layer classes, registered with Keras, by class name."""
     import keras
+    from keras import ops
+
+    from leukemia.pipeline import FOREGROUND_FLOOR
 
     @keras.saving.register_keras_serializable(package="leukemia")
     class Preprocess(keras.layers.Layer):
@@ -80,8 +87,6 @@ def _preprocess_layer() -> type:
             self.mode = mode
 
         def call(self, x: Any) -> Any:
-            from keras import ops
-
             x = ops.cast(x, self.compute_dtype)
             if self.mode == "unit":
                 return x / 255.0
@@ -99,14 +104,6 @@ def _preprocess_layer() -> type:
         def get_config(self) -> dict[str, Any]:
             return {**super().get_config(), "mode": self.mode}
 
-    return Preprocess
-
-
-def _foreground_layer() -> type:
-    import keras
-
-    from leukemia.pipeline import FOREGROUND_FLOOR
-
     @keras.saving.register_keras_serializable(package="leukemia")
     class ForegroundStandardize(keras.layers.Layer):
         """Each cell's pixels standardised per channel over the cell (pixels brighter than
@@ -119,8 +116,6 @@ def _foreground_layer() -> type:
             self.floor = float(floor)
 
         def call(self, x: Any) -> Any:
-            from keras import ops
-
             x = ops.cast(x, "float32")
             mask = ops.cast(ops.max(x, axis=-1, keepdims=True) > self.floor, "float32")
             n = ops.maximum(ops.sum(mask, axis=(1, 2), keepdims=True), 1.0)
@@ -131,33 +126,6 @@ def _foreground_layer() -> type:
 
         def get_config(self) -> dict[str, Any]:
             return {**super().get_config(), "floor": self.floor}
-
-    return ForegroundStandardize
-
-
-_FOREGROUND: type | None = None
-
-
-def foreground_standardize() -> Any:
-    """A serialisable layer standardising each cell's pixels (see ``ForegroundStandardize``)."""
-    global _FOREGROUND
-    if _FOREGROUND is None:
-        _FOREGROUND = _foreground_layer()
-    return _FOREGROUND(name="foreground_standardize")
-
-
-_PREPROCESS: type | None = None
-_EXPORT: dict[str, type] = {}
-SPEC_LAYER = "cnmc_spec"  # the exported model's metadata layer
-SYMMETRIES = 8  # the dihedral group of the square: 4 rotations x optional flip
-
-
-def _export_layers() -> dict[str, type]:
-    """The serialisable layers of an exported classifier (built once, on first use)."""
-    if _EXPORT:
-        return _EXPORT
-    import keras
-    from keras import ops
 
     @keras.saving.register_keras_serializable(package="leukemia")
     class CellSpec(keras.layers.Layer):
@@ -202,16 +170,18 @@ def _export_layers() -> dict[str, type]:
         def call(self, p: Any) -> Any:
             return ops.mean(ops.reshape(p, (SYMMETRIES, -1, 1)), axis=0)
 
-    _EXPORT.update(CellSpec=CellSpec, DihedralStack=DihedralStack, GroupMean=GroupMean)
-    return _EXPORT
+    return {cls.__name__: cls for cls in (Preprocess, ForegroundStandardize, CellSpec,
+                                          DihedralStack, GroupMean)}
+
+
+def foreground_standardize() -> Any:
+    """A serialisable layer standardising each cell's pixels (see ``ForegroundStandardize``)."""
+    return _layers()["ForegroundStandardize"](name="foreground_standardize")
 
 
 def preprocess(mode: str) -> Any:
     """A serialisable layer converting raw 0-255 pixels for a backbone (see ``Preprocess``)."""
-    global _PREPROCESS
-    if _PREPROCESS is None:
-        _PREPROCESS = _preprocess_layer()
-    return _PREPROCESS(mode, name=f"preprocess_{mode}")
+    return _layers()["Preprocess"](mode, name=f"preprocess_{mode}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,7 +200,7 @@ def _conv_block(x: Any, filters: int, name: str, norm: str = "batch") -> Any:
 
 
 def _cnn4(x: Any, norm: str) -> Any:
-    """The notebooks' 4-block CNN (conv-norm-ReLU-maxpool)."""
+    """The plain 4-block CNN of the C-NMC notebooks (conv-norm-ReLU-maxpool)."""
     from keras import layers
 
     x = preprocess("unit")(x)
@@ -240,17 +210,8 @@ def _cnn4(x: Any, norm: str) -> Any:
     return x
 
 
-@register_backbone("small_cnn", min_size=16, pretrained=False)
-def _small_cnn(x: Any, weights: str) -> Any:
-    """The plain 4-block CNN of the C-NMC notebooks (conv-BN-ReLU-maxpool)."""
-    return _cnn4(x, "batch")
-
-
-@register_backbone("small_cnn_gn", min_size=16, pretrained=False)
-def _small_cnn_gn(x: Any, weights: str) -> Any:
-    """``small_cnn`` with GroupNorm (8 groups) for BatchNorm: no batch statistics, so nothing
-    learned about the training patients' pixel statistics is applied to new patients' cells."""
-    return _cnn4(x, "group")
+register_backbone("small_cnn", min_size=16, pretrained=False)(lambda x, w: _cnn4(x, "batch"))
+register_backbone("small_cnn_gn", min_size=16, pretrained=False)(lambda x, w: _cnn4(x, "group"))
 
 
 @register_backbone("unet", min_size=16, pretrained=False, multiple_of=8)
@@ -272,8 +233,7 @@ def _unet(x: Any, weights: str) -> Any:
     return x
 
 
-def _app(name: str, cls_name: str, mode: str, *, min_size: int = 32,
-         **kwargs: Any) -> None:
+def _app(name: str, cls_name: str, mode: str, *, min_size: int = 32, **kwargs: Any) -> None:
     """Register a keras.applications model with its preprocessing mode."""
     @register_backbone(name, min_size=min_size, pretrained=True)
     def build(x: Any, weights: str) -> Any:
@@ -285,7 +245,10 @@ def _app(name: str, cls_name: str, mode: str, *, min_size: int = 32,
         try:
             base = cls(include_top=False, weights=w, input_shape=(size, size, 3), **kwargs)
         except Exception as e:  # the download is the only step that needs the network
-            if w is None or not _is_download_error(e):
+            text = f"{type(e).__name__} {e}".lower()
+            if w is None or not any(k in text for k in ("url fetch", "urlopen", "connection",
+                                                        "name resolution", "http error",
+                                                        "network")):
                 raise
             raise RuntimeError(
                 f"{name}: could not download the ImageNet weights ({type(e).__name__}: {e}). "
@@ -293,13 +256,6 @@ def _app(name: str, cls_name: str, mode: str, *, min_size: int = 32,
                 "cache (~/.keras/models/) on a machine that has it") from e
         base._name = BACKBONE_LAYER
         return base(preprocess(mode)(x))
-    build.__doc__ = f"keras.applications.{cls_name} (preprocessing: {mode})."
-
-
-def _is_download_error(e: Exception) -> bool:
-    text = f"{type(e).__name__} {e}".lower()
-    return any(k in text for k in ("url fetch", "urlopen", "name resolution", "connection",
-                                   "http error", "network"))
 
 
 _app("mobilenet_v3_small", "MobileNetV3Small", "none", include_preprocessing=True)
@@ -387,16 +343,15 @@ def export_model(members: list[Any], *, crop: str, window: int | None, threshold
     if any(int(m.input_shape[1]) != size for m in members):
         raise ValueError("export_model: the members take different input sizes: "
                          f"{[int(m.input_shape[1]) for m in members]}")
-    L = _export_layers()
+    L = _layers()
     inputs = keras.Input((size, size, 3), name="pixels")
     x = L["CellSpec"](crop=crop, window=window, image_size=size, threshold=threshold, tta=tta,
                       members=len(members), info=info, rule=rule, name=SPEC_LAYER)(inputs)
     if tta:
         x = L["DihedralStack"](name="tta_views")(x)
-    outs = []
     for i, m in enumerate(members):
         m.name = f"member_{i}"  # nested models need distinct names in one graph
-        outs.append(m(x))
+    outs = [m(x) for m in members]
     p = outs[0] if len(outs) == 1 else layers.Average(name="ensemble_mean")(outs)
     if tta:
         p = L["GroupMean"](name="tta_mean")(p)
@@ -409,12 +364,10 @@ def model_spec(model: Any) -> dict[str, Any]:
     (a trial checkpoint, an older export) gets the defaults of its time: the cell crop and the
     0.5 threshold."""
     try:
-        layer = model.get_layer(SPEC_LAYER)
+        cfg = model.get_layer(SPEC_LAYER).get_config()
     except ValueError:
-        return {"crop": "cell", "window": None, "image_size": int(model.input_shape[1]),
-                "threshold": 0.5, "tta": False, "members": 1, "info": {},
-                "rule": {"name": "threshold", "threshold": 0.5}}
-    cfg = layer.get_config()
+        cfg = {"crop": "cell", "window": None, "image_size": int(model.input_shape[1]),
+               "threshold": 0.5, "tta": False, "members": 1, "info": {}}
     out = {k: cfg[k] for k in ("crop", "window", "image_size", "threshold", "tta", "members",
                                "info")}
     out["rule"] = cfg.get("rule") or {"name": "threshold", "threshold": cfg["threshold"]}
@@ -428,16 +381,9 @@ def load_model(path: str) -> Any:
         FileNotFoundError: no such file.
         ValueError: the file is not a readable Keras model (truncated, corrupt, other format).
     """
-    global _PREPROCESS, _FOREGROUND
-    if _PREPROCESS is None:
-        _PREPROCESS = _preprocess_layer()
-    if _FOREGROUND is None:
-        _FOREGROUND = _foreground_layer()
-    _export_layers()
-    from pathlib import Path
-
     import keras
 
+    _layers()
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such model file")
     try:
