@@ -88,10 +88,8 @@ def parse_name(name: str) -> tuple[str, int]:
     """
     m = _NAME.match(Path(name).stem if Path(name).suffix.lower() in IMAGE_SUFFIXES else name)
     if not m:
-        raise ValueError(
-            f"{name!r} is not a C-NMC cell name; "
-            "expected UID_<patient>_<image>_<cell>_<all|hem>.bmp"
-        )
+        raise ValueError(f"{name!r} is not a C-NMC cell name; "
+                         "expected UID_<patient>_<image>_<cell>_<all|hem>.bmp")
     return m["patient"], LABELS[m["cls"].lower()]
 
 

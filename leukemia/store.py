@@ -223,8 +223,7 @@ def ingest(data_dir: str | Path, store: str, *, size: int = DEFAULT_SIZE,
         if not overwrite:
             raise StoreError(f"{store} exists; remove it or leave out --no-overwrite to replace "
                              "it")
-        if not _exists(fs, f"{path}/{MANIFEST}") and fs.get_file_info(
-                fs_selector(path)) != []:
+        if not _exists(fs, f"{path}/{MANIFEST}") and fs.get_file_info(fs_selector(path)):
             raise StoreError(f"{store} exists and is not an image store (no {MANIFEST}); "
                              "refusing to replace it: choose an empty or new --store path")
     workers = max(1, workers or os.cpu_count() or 1)
