@@ -30,7 +30,7 @@ from __future__ import annotations
 import csv
 import logging
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,10 +88,8 @@ def parse_name(name: str) -> tuple[str, int]:
     """
     m = _NAME.match(Path(name).stem if Path(name).suffix.lower() in IMAGE_SUFFIXES else name)
     if not m:
-        raise ValueError(
-            f"{name!r} is not a C-NMC cell name; "
-            "expected UID_<patient>_<image>_<cell>_<all|hem>.bmp"
-        )
+        raise ValueError(f"{name!r} is not a C-NMC cell name; "
+                         "expected UID_<patient>_<image>_<cell>_<all|hem>.bmp")
     return m["patient"], LABELS[m["cls"].lower()]
 
 
@@ -114,23 +112,20 @@ def _has_images(folder: Path) -> bool:
 def _tcia_layout(root: Path) -> Layout:
     train = root / TCIA_TRAINING
     prelim = root / VALIDATION_IMAGES
-    images: Path | None = None
-    csv_path: Path | None = None
+    images = csv_path = None
     if prelim.is_dir():
         nested = prelim / VALIDATION_IMAGES
         images = nested if nested.is_dir() and not _has_images(prelim) else prelim
-        for cand in (prelim / VALIDATION_CSV, root / VALIDATION_CSV, images / VALIDATION_CSV):
-            if cand.is_file():
-                csv_path = cand
-                break
-        else:
+        csv_path = next((c for c in (prelim / VALIDATION_CSV, root / VALIDATION_CSV,
+                                     images / VALIDATION_CSV) if c.is_file()), None)
+        if csv_path is None:
             raise DatasetError(
                 f"{prelim}: the preliminary-test images have no labels: expected "
                 f"{prelim / VALIDATION_CSV} or {root / VALIDATION_CSV} (columns "
                 f"{','.join(CSV_COLUMNS)}, from TCIA's C-NMC 2019 download); put it there or "
                 f"remove {prelim.name}/ to ingest the training data only")
-    ignored = tuple(f"{TCIA_FINAL}/ has no public labels and is ignored"
-                    for _ in [0] if (root / TCIA_FINAL).is_dir())
+    ignored = ((f"{TCIA_FINAL}/ has no public labels and is ignored",)
+               if (root / TCIA_FINAL).is_dir() else ())
     return Layout(root, "tcia", train if train.is_dir() else None, images, csv_path, ignored)
 
 
@@ -144,8 +139,8 @@ def _kaggle_layout(root: Path) -> Layout:
         if csv_path is None:
             raise DatasetError(f"{vdir / VALIDATION_CSV}: labels CSV missing; validation images "
                                f"cannot be labelled without it (columns {','.join(CSV_COLUMNS)})")
-    ignored = tuple("testing_data/ has no public labels and is ignored"
-                    for _ in [0] if (root / "testing_data").is_dir())
+    ignored = (("testing_data/ has no public labels and is ignored",)
+               if (root / "testing_data").is_dir() else ())
     train = root / "training_data"
     return Layout(root, "kaggle", train if train.is_dir() else None, images, csv_path, ignored)
 
@@ -273,9 +268,7 @@ def _scan_validation(layout: Layout) -> tuple[list[Record], list[str]]:
         return [], []
     records, missing = [], []
     rows = read_labels_csv(csv_path)
-    seen: dict[str, int] = {}
-    for _, new_name, _ in rows:
-        seen[new_name] = seen.get(new_name, 0) + 1
+    seen = Counter(new_name for _, new_name, _ in rows)
     repeated = sorted(n for n, c in seen.items() if c > 1)
     if repeated:
         raise DatasetError(f"{csv_path}: new_names repeated in several rows: {repeated[:10]}; "
@@ -285,9 +278,7 @@ def _scan_validation(layout: Layout) -> tuple[list[Record], list[str]]:
         if name_label != label:
             raise DatasetError(f"{csv_path}: {original} is labelled {label} but its name says "
                                f"{'all' if name_label else 'hem'}; fix the row")
-        p: Path | None = img_dir / new_name
-        if p is None or not p.is_file():
-            p = _any_format(img_dir, new_name)
+        p = _find_image(img_dir, new_name)
         if p is None:
             missing.append(new_name)
             continue
@@ -303,10 +294,11 @@ def _scan_validation(layout: Layout) -> tuple[list[Record], list[str]]:
     return records, missing
 
 
-def _any_format(folder: Path, name: str) -> Path | None:
-    """``folder/name`` saved in another image format (a re-encoded mirror), if there is one."""
-    stem = Path(name).stem
-    for p in (folder.glob(f"{stem}.*") if folder.is_dir() else ()):
+def _find_image(folder: Path, name: str) -> Path | None:
+    """``folder/name``, else that image in another format (a re-encoded mirror), if any."""
+    if (folder / name).is_file():
+        return folder / name
+    for p in (folder.glob(f"{Path(name).stem}.*") if folder.is_dir() else ()):
         if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
             return p
     return None
@@ -342,7 +334,6 @@ def scan(path: str | Path) -> Scan:
         DatasetError: the layout, a file name or the labels CSV is wrong (message names the file).
     """
     layout = find_layout(path)
-    root = layout.root
     records = _scan_training(layout)
     check_patient_folds(records)
     val, missing = _scan_validation(layout)
@@ -354,12 +345,11 @@ def scan(path: str | Path) -> Scan:
         notes.append("no labelled validation images (training data only): a search reports its "
                      "cross-validated estimate as its final score")
     notes += layout.ignored
-    train_patients = {r.patient_id for r in records}
-    both = sorted({r.patient_id for r in val} & train_patients)
+    both = sorted({r.patient_id for r in val} & {r.patient_id for r in records})
     if both:
         notes.append(f"patients in both training and validation (their cells leak into the final "
                      f"score): {both}")
         log.warning(notes[-1])
     for n in notes:
-        log.info("%s: %s", root, n)
-    return Scan(root=root, records=records + val, missing_validation=missing, notes=notes)
+        log.info("%s: %s", layout.root, n)
+    return Scan(root=layout.root, records=records + val, missing_validation=missing, notes=notes)

@@ -2,18 +2,15 @@
 
 A store is a folder (local, NFS/EFS, or any URI ``pyarrow.fs`` understands: ``s3://``,
 ``gs://``) holding ``images.parquet`` and ``manifest.json``. Each row is one image: metadata
-columns plus ``image``, the decoded RGB pixels (uint8, ``size x size x 3``) as one
-``fixed_size_binary`` value, zstd-compressed. Reading a selection back is a Parquet decode plus
+columns plus ``image``, the decoded RGB pixels (uint8, ``size x size x 3``) as one zstd-compressed
+``fixed_size_binary`` value, so reading a selection back is a Parquet decode plus
 ``np.frombuffer`` on the column buffer: no per-image decoding.
 
 Ingest (``leukemia ingest DATA --store STORE``) decodes the images on all cores, crops and
 resizes each (:mod:`leukemia.imaging`: by default a 320 px window of the frame centred on the
-cell, so cells keep their real size, a morphological cue: blasts are larger), and writes
-the store so that it is whole or absent and an earlier store survives a failed ingest: on
-a local or shared filesystem under a temporary name renamed into place when complete; on an
-object store (which cannot rename a folder) as a new uniquely named data file committed by
-writing ``manifest.json`` (one atomic PUT) that points at it. A folder without a manifest is not
-a store.
+cell, so cells keep their real size, a morphological cue: blasts are larger), and writes the
+store whole or not at all; an earlier store survives a failed ingest. A folder without a
+manifest is not a store.
 
 Processes on one machine share one decoded copy of a selection through
 :func:`shared_selections`: an uncompressed Arrow IPC file written once, memory-mapped by each.
@@ -30,8 +27,9 @@ import sys
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -51,17 +49,17 @@ SCHEMA_VERSION = 1
 DATA_FILE = "images.parquet"
 MANIFEST = "manifest.json"
 ROW_GROUP = 128  # rows per Parquet row group: small enough to skip unselected folds cheaply
-# zstd level 1: decodes ~15% faster than level 3 here (7.3 vs 8.5 ms for 240 images at 128 px)
-# for files ~14% larger; LZ4 decodes 2x faster but makes files 37% larger than zstd-3.
 _META = ("image_id", "split", "fold", "patient_id", "label", "original_name")
+# one decoded image: (error, pixels, source height, source width, file sha256, pixels sha256,
+# conversion notes)
+_Decoded = tuple[str | None, bytes, int, int, str, str, tuple[str, ...]]
 
 
 class StoreError(ValueError):
     """The store is missing, incomplete or does not hold what was asked for."""
 
 
-def _decode_task(args: tuple[str, int, str, int | None]
-                 ) -> tuple[str | None, bytes, int, int, str, str, tuple[str, ...]]:
+def _decode_task(args: tuple[str, int, str, int | None]) -> _Decoded:
     path, size, crop, window = args
     try:
         raw = Path(path).read_bytes()
@@ -77,10 +75,6 @@ def _decode_task(args: tuple[str, int, str, int | None]
         return f"{path}: {e}", b"", 0, 0, "", "", ()
 
 
-# ---------------------------------------------------------------------------------------------
-# Filesystems
-
-
 def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
     """Return ``(filesystem, path)`` for a local path or any URI pyarrow.fs understands."""
     if "://" in uri:
@@ -92,26 +86,15 @@ def _exists(fs: pafs.FileSystem, path: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
-def _write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
-    with fs.open_output_stream(path) as fh:
-        fh.write(data)
-
-
-def _read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
-    with fs.open_input_stream(path) as fh:
-        return bytes(fh.read())
-
-
-# ---------------------------------------------------------------------------------------------
-# Progress
+def fs_selector(path: str) -> pafs.FileSelector:
+    return pafs.FileSelector(path, allow_not_found=True)
 
 
 class Progress:
     """A progress meter on stderr (quiet when ``enabled`` is false).
 
-    On a terminal it redraws one line in place (``\\r``, clear to end of line) at most every
-    ``tty_every`` seconds; in a log (stderr not a terminal) it writes a whole line at most every
-    ``log_every`` seconds. Either way the last update (``done == total``) ends the line.
+    On a terminal it redraws one line in place at most every ``tty_every`` seconds; in a log it
+    writes a whole line at most every ``log_every`` seconds. The last update ends the line.
     """
 
     def __init__(self, total: int, label: str, enabled: bool = True, *, stream: Any = None,
@@ -130,7 +113,7 @@ class Progress:
         self._last = now
         rate = done / max(now - self.start, 1e-9)
         text = f"{self.label}: {done}/{self.total} ({rate:,.0f}/s)"
-        if self.tty:
+        if self.tty:  # back to the line's start, clear to its end
             text = f"\r{text}\x1b[K" + ("\n" if done >= self.total else "")
         else:
             text += "\n"
@@ -187,7 +170,7 @@ def _duplicates(records: Sequence[Record], shas: Sequence[str]
 def _counts(records: Iterable[Record]) -> dict[str, Any]:
     by_split: dict[str, Counter] = defaultdict(Counter)
     by_fold: dict[str, Counter] = defaultdict(Counter)
-    patients: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    patients: dict[str, Counter] = defaultdict(Counter)
     for r in records:
         cls = "all" if r.label else "hem"
         by_split[r.split][cls] += 1
@@ -232,8 +215,7 @@ def ingest(data_dir: str | Path, store: str, *, size: int = DEFAULT_SIZE,
     crop, window = check_crop(crop, window)
     t0 = time.monotonic()
     scanned = dataset.scan(data_dir)
-    records = scanned.records
-    if not records:
+    if not scanned.records:
         raise DatasetError(f"{scanned.root}: no images found")
     fs, path = _fs(store)
     _recover(fs, path)
@@ -241,39 +223,45 @@ def ingest(data_dir: str | Path, store: str, *, size: int = DEFAULT_SIZE,
         if not overwrite:
             raise StoreError(f"{store} exists; remove it or leave out --no-overwrite to replace "
                              "it")
-        if not _exists(fs, f"{path}/{MANIFEST}") and fs.get_file_info(
-                fs_selector(path)) != []:
+        if not _exists(fs, f"{path}/{MANIFEST}") and fs.get_file_info(fs_selector(path)):
             raise StoreError(f"{store} exists and is not an image store (no {MANIFEST}); "
                              "refusing to replace it: choose an empty or new --store path")
     workers = max(1, workers or os.cpu_count() or 1)
 
+    tasks = [(r.source_path, size, crop, window) for r in scanned.records]
+    meter = Progress(len(tasks), "ingest", progress)
     results = []
-    meter = Progress(len(records), "ingest", progress)
-    tasks = [(r.source_path, size, crop, window) for r in records]
-    if workers == 1:
-        for i, t in enumerate(tasks, 1):
-            results.append(_decode_task(t))
+    with ExitStack() as stack:
+        decoded: Iterator[_Decoded] = map(_decode_task, tasks)
+        if workers > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(workers))
+            decoded = pool.map(_decode_task, tasks,
+                               chunksize=max(1, min(64, len(tasks) // (workers * 8))))
+        for i, res in enumerate(decoded, 1):
+            results.append(res)
             meter.update(i)
-    else:
-        with ProcessPoolExecutor(workers) as pool:
-            chunk = max(1, min(64, len(tasks) // (workers * 8)))
-            for i, res in enumerate(pool.map(_decode_task, tasks, chunksize=chunk), 1):
-                results.append(res)
-                meter.update(i)
 
     bad = [err for err, *_ in results if err]
     if bad and not skip_bad:
         raise DatasetError(f"{len(bad)} image file(s) cannot be read; replace them or pass "
                            "--skip-bad to leave them out:\n  " + "\n  ".join(bad))
-    keep = [(r, res) for r, res in zip(records, results) if res[0] is None]
+    keep = [(r, res) for r, res in zip(scanned.records, results) if res[0] is None]
     records = [r for r, _ in keep]
     duplicates, warnings = _duplicates(records, [res[5] for _, res in keep])
     conversions = [note for _, res in keep for note in res[6]]  # grayscale, 16-bit
     for msg in conversions + warnings:
         log.warning(msg)
 
-    def manifest_for(checksum: str, data_file: str) -> dict[str, Any]:
-        return {
+    # A local disk or NFS: build the store aside and rename it into place. An object store (S3,
+    # GCS) cannot rename a folder: the data goes to a new, uniquely named object and the
+    # manifest (one PUT, atomic) is the commit, so readers see the old store or the new one.
+    local = isinstance(fs, pafs.LocalFileSystem)
+    folder = f"{path}.tmp-{uuid.uuid4().hex[:8]}" if local else path
+    data_file = DATA_FILE if local else f"images-{uuid.uuid4().hex[:12]}.parquet"
+    fs.create_dir(folder, recursive=True)
+    try:
+        checksum = _write_images(fs, f"{folder}/{data_file}", keep, size, crop, window)
+        manifest = {
             "schema_version": SCHEMA_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "source": str(scanned.root),
@@ -292,64 +280,43 @@ def ingest(data_dir: str | Path, store: str, *, size: int = DEFAULT_SIZE,
             "content_checksum": checksum,
             "ingest_seconds": round(time.monotonic() - t0, 2),
         }
-
-    if isinstance(fs, pafs.LocalFileSystem):  # local disk, NFS: build aside, rename into place
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        fs.create_dir(tmp, recursive=True)
-        try:
-            checksum = _write_images(fs, f"{tmp}/{DATA_FILE}", keep, size, crop, window)
-            manifest = manifest_for(checksum, DATA_FILE)
-            _write_bytes(fs, f"{tmp}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
-            _swap_into_place(fs, tmp, path)
-        except BaseException:
-            if _exists(fs, tmp):
-                fs.delete_dir(tmp)
-            raise
-        return manifest
-    # Object stores (S3, GCS) cannot rename a folder. The data goes to a new, uniquely named
-    # object and the manifest (one PUT, atomic) is the commit: readers see the old store or the
-    # new one, and a failed ingest leaves the old store as it was.
-    data_file = f"images-{uuid.uuid4().hex[:12]}.parquet"
-    fs.create_dir(path, recursive=True)
-    try:
-        checksum = _write_images(fs, f"{path}/{data_file}", keep, size, crop, window)
-        manifest = manifest_for(checksum, data_file)
-        _write_bytes(fs, f"{path}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
+        with fs.open_output_stream(f"{folder}/{MANIFEST}") as fh:
+            fh.write(json.dumps(manifest, indent=2).encode())
+        if local:
+            _swap_into_place(fs, folder, path)
     except BaseException:
-        if _exists(fs, f"{path}/{data_file}"):
-            fs.delete_file(f"{path}/{data_file}")
+        partial = folder if local else f"{path}/{data_file}"
+        if _exists(fs, partial):
+            (fs.delete_dir if local else fs.delete_file)(partial)
         raise
-    for info in fs.get_file_info(fs_selector(path)):  # earlier stores' and failed ingests' data
-        if info.base_name.startswith("images") and info.base_name != data_file:
-            fs.delete_file(info.path)
+    if not local:
+        for info in fs.get_file_info(fs_selector(path)):  # earlier and failed ingests' data
+            if info.base_name.startswith("images") and info.base_name != data_file:
+                fs.delete_file(info.path)
     return manifest
 
 
-def _write_images(fs: pafs.FileSystem, file_path: str, keep: list, size: int,
-                  crop: str, window: int | None) -> str:
+def _write_images(fs: pafs.FileSystem, file_path: str, keep: list[tuple[Record, _Decoded]],
+                  size: int, crop: str, window: int | None) -> str:
     """Write the decoded images as Parquet row groups; return the content checksum."""
     schema = _schema(size)
     checksum = hashlib.sha256(f"v{SCHEMA_VERSION}:{size}:{crop}:{window}".encode())
+    # zstd level 1 decodes ~15% faster than level 3 here (7.3 vs 8.5 ms for 240 images at 128 px)
+    # for files ~14% larger; LZ4 decodes 2x faster but makes files 37% larger than zstd-3.
     with fs.open_output_stream(file_path) as sink, \
             pq.ParquetWriter(sink, schema, compression="zstd", compression_level=1) as writer:
         for start in range(0, len(keep), ROW_GROUP):
-            cols: dict[str, list] = {k: [] for k in schema.names}
-            for r, (_, pixels, h, w, sha, *_) in keep[start:start + ROW_GROUP]:
-                for k in _META:
-                    cols[k].append(getattr(r, k))
-                cols["height"].append(size)
-                cols["width"].append(size)
-                cols["source_height"].append(h)
-                cols["source_width"].append(w)
-                cols["source_sha256"].append(sha)
-                cols["image"].append(pixels)
-                checksum.update(f"{r.image_id}:{r.label}:{r.fold}:{sha}\n".encode())
+            group = keep[start:start + ROW_GROUP]
+            cols: dict[str, list] = {k: [getattr(r, k) for r, _ in group] for k in _META}
+            cols.update(height=[size] * len(group), width=[size] * len(group),
+                        source_height=[res[2] for _, res in group],
+                        source_width=[res[3] for _, res in group],
+                        source_sha256=[res[4] for _, res in group],
+                        image=[res[1] for _, res in group])
+            for r, res in group:
+                checksum.update(f"{r.image_id}:{r.label}:{r.fold}:{res[4]}\n".encode())
             writer.write_table(pa.table(cols, schema=schema), row_group_size=ROW_GROUP)
     return checksum.hexdigest()
-
-
-def fs_selector(path: str) -> pafs.FileSelector:
-    return pafs.FileSelector(path, allow_not_found=True)
 
 
 def _recover(fs: pafs.FileSystem, path: str) -> None:
@@ -374,9 +341,8 @@ def _recover(fs: pafs.FileSystem, path: str) -> None:
 
 def _swap_into_place(fs: pafs.FileSystem, tmp: str, path: str) -> None:
     """Move the finished ``tmp`` folder to ``path``, keeping any old store until it succeeds."""
-    old = None
-    if _exists(fs, path):
-        old = f"{path}.old-{uuid.uuid4().hex[:8]}"
+    old = f"{path}.old-{uuid.uuid4().hex[:8]}" if _exists(fs, path) else None
+    if old is not None:
         fs.move(path, old)
     try:
         fs.move(tmp, path)
@@ -423,7 +389,8 @@ class Store:
             raise StoreError(f"{self.uri} is not an image store ({MANIFEST} missing: {hint}); "
                              "build one with `leukemia ingest DATA_DIR --store STORE`")
         try:
-            self.manifest: dict[str, Any] = json.loads(_read_bytes(self.fs, mpath))
+            with self.fs.open_input_stream(mpath) as fh:
+                self.manifest: dict[str, Any] = json.loads(fh.read())
         except json.JSONDecodeError as e:
             raise StoreError(f"{self.uri}/{MANIFEST}: not valid JSON ({e})") from e
         if self.manifest.get("schema_version") != SCHEMA_VERSION:
@@ -511,19 +478,16 @@ def shared_selections(path: str | Path, tag: str,
     """Selections memory-mapped read-only from one decoded file that every process shares.
 
     The file at ``path`` (node-local disk) is an uncompressed Arrow IPC file holding each
-    selection ``build`` returns as one record batch, so each comes back as one contiguous
-    block of the mapping: no copy, and every process that maps it shares one copy of the
-    pixels in the page cache instead of decoding its own. The first caller builds it (e.g.
-    ``Store.load``) and writes it under a temporary name renamed into place, holding the lock
-    ``<path>.lock`` meanwhile: concurrent first callers wait for that one build. A file that
-    does not open as a whole Arrow IPC file (truncated, overwritten), or records another
-    ``tag`` (what was built, e.g. the store's checksum and the split) or version, is rebuilt.
-    The file is not hashed on every open (a second per GB for each process): the atomic
-    write is what keeps it whole.
+    selection ``build`` returns as one record batch: every process that maps it shares one
+    copy of the pixels in the page cache instead of decoding its own. The first caller builds
+    it under the lock ``<path>.lock`` (concurrent first callers wait for that one build) and
+    renames it into place. A file that is not a whole Arrow IPC file, or records another
+    ``tag`` or version, is rebuilt; it is not hashed on every open (a second per GB): the
+    atomic write is what keeps it whole.
 
     Args:
         path: the decoded file.
-        tag: what the file must hold; a file recording another tag is rebuilt.
+        tag: what the file must hold (e.g. the store's checksum and the split).
         build: makes the selections when the file is missing or stale (in this process).
 
     Returns:
@@ -654,9 +618,9 @@ def describe(manifest: dict[str, Any]) -> str:
     if manifest.get("missing_validation"):
         lines.append(f"  validation rows of the labels CSV without an image on disk: "
                      f"{manifest['missing_validation']}")
-    for group in manifest.get("duplicates") or []:
-        lines.append(f"  same pixels saved twice: {', '.join(group)}")
-    for key in ("skipped_bad_files", "duplicate_warnings", "conversions", "notes"):
-        for item in manifest.get(key) or []:
-            lines.append(f"  {key.replace('_', ' ')}: {item}")
+    lines += [f"  same pixels saved twice: {', '.join(group)}"
+              for group in manifest.get("duplicates") or []]
+    lines += [f"  {key.replace('_', ' ')}: {item}"
+              for key in ("skipped_bad_files", "duplicate_warnings", "conversions", "notes")
+              for item in manifest.get(key) or []]
     return "\n".join(lines)
