@@ -152,7 +152,7 @@ def analyse(table: dict, k: int, draws: int, seed: int) -> dict[str, dict[str, f
     from leukemia import metrics as M
 
     out: dict[str, dict[str, list[float]]] = {
-        s: {"test_auc": [], "test_wf1": [], "constant": []} for s in SIGNALS}
+        s: {"test_auc": [], "test_wf1": [], "test_wf1_05": [], "constant": []} for s in SIGNALS}
     for train_g, sel_g, test_g, cands in _simulated_searches(table, k, draws, seed):
         for signal in SIGNALS:
             scored = [(table[(c, train_g, e, sel_g)][signal], c, e) for c, e in cands
@@ -167,6 +167,7 @@ def analyse(table: dict, k: int, draws: int, seed: int) -> dict[str, dict[str, f
             t = sel["threshold"] if signal not in ("wf1_at_0.5", "objective") else 0.5
             out[signal]["test_wf1"].append(
                 M.weighted_f1(test["y"], (test["p"] >= t).astype(int)))
+            out[signal]["test_wf1_05"].append(test["wf1_at_0.5"])  # the exported default rule
     return {s: {m: float(np.mean(v)) if v else float("nan") for m, v in d.items()}
             for s, d in out.items()}
 
@@ -260,9 +261,11 @@ def main() -> None:
                        and key[2] == args.epochs})
     print(f"configurations constant at the last epoch on some group: {constant} of "
           f"{[(i, c['backbone']) for i, c in enumerate(pool)]}")
-    print(f"{'selection signal':<24} {'test ROC AUC':>12} {'test wF1':>9} {'picks constant':>15}")
+    print(f"{'selection signal':<24} {'test ROC AUC':>12} {'test wF1':>9} {'test wF1@0.5':>13} "
+          f"{'picks constant':>15}")
     for s, m in res.items():
-        print(f"{s:<24} {m['test_auc']:>12.4f} {m['test_wf1']:>9.4f} {m['constant']:>15.3f}")
+        print(f"{s:<24} {m['test_auc']:>12.4f} {m['test_wf1']:>9.4f} {m['test_wf1_05']:>13.4f} "
+              f"{m['constant']:>15.3f}")
     rules = analyse_epochs(table, args.k, draws, args.seed)
     print(f"\n{'which trial (signal objective)':<32} {'test ROC AUC':>12} {'test wF1':>9} "
           f"{'test wF1 at the selection threshold':>36}")
